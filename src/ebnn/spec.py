@@ -1,0 +1,244 @@
+"""Declarative model specs: the one description that training, memory accounting,
+folding and code generation all read.
+
+A spec is an input shape, a number of classes and a list of blocks::
+
+    >>> spec = ModelSpec.from_dict({
+    ...     "name": "tiny",
+    ...     "input_shape": [1, 28, 28],
+    ...     "classes": 10,
+    ...     "blocks": [
+    ...         {"type": "conv", "filters": 16, "kernel": 3, "padding": 1, "pool": 2},
+    ...         {"type": "dense", "units": 64},
+    ...         {"type": "output"},
+    ...     ],
+    ... })
+    >>> [s.out_shape for s in spec.shapes()]
+    [(16, 14, 14), (64, 1, 1), (10, 1, 1)]
+
+Block types (see docs/FORMAT.md section 5):
+
+* ``conv``: conv (stride 1) → optional max-pool ``pool``×``pool`` → batch norm → sign.
+  ``padding`` is 0 or ``kernel // 2`` ("same"); ``mode`` chooses how the C export computes
+  it: ``fused`` recomputes overlapping windows and stores no conv map (least RAM),
+  ``materialized`` stores the binary conv map before pooling (fewer instructions).
+* ``dense``: linear → batch norm → sign.
+* ``output``: linear → batch norm, one score per class. Always the last block.
+
+The first block reads the ``uint8`` input; all later ones read bits. Specs load from
+JSON or YAML files (:func:`load_spec`) or by preset name (:data:`PRESETS`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BLOCK_TYPES = ("conv", "dense", "output")
+CONV_MODES = ("fused", "materialized")
+
+
+class SpecError(ValueError):
+    """A model spec that cannot be built."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a model spec; which fields matter depends on ``type``."""
+
+    type: str
+    filters: int = 0  # conv
+    kernel: int = 3  # conv
+    padding: int = 0  # conv: 0 or kernel // 2
+    pool: int = 1  # conv: 1 means no pooling
+    mode: str = "fused"  # conv: fused | materialized
+    units: int = 0  # dense
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.type}
+        if self.type == "conv":
+            d.update(filters=self.filters, kernel=self.kernel, padding=self.padding,
+                     pool=self.pool, mode=self.mode)
+        elif self.type == "dense":
+            d.update(units=self.units)
+        return d
+
+
+@dataclass(frozen=True)
+class BlockShape:
+    """Shapes seen by one block, all as (channels, height, width)."""
+
+    index: int
+    block: Block
+    in_shape: tuple[int, int, int]
+    conv_shape: tuple[int, int, int]  # before pooling (equals out_shape if no pool)
+    out_shape: tuple[int, int, int]
+
+    @property
+    def is_first(self) -> bool:
+        return self.index == 0
+
+    @property
+    def fan_in(self) -> int:
+        """Number of input values one output neuron sees (interior positions)."""
+        c, h, w = self.in_shape
+        if self.block.type == "conv":
+            return c * self.block.kernel * self.block.kernel
+        return c * h * w
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A whole model: ``input_shape`` is (channels, height, width)."""
+
+    input_shape: tuple[int, int, int]
+    classes: int
+    blocks: tuple[Block, ...]
+    name: str = "model"
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- construction -------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        try:
+            shape = tuple(int(v) for v in d["input_shape"])
+            blocks = tuple(Block(**b) for b in d["blocks"])
+            classes = int(d["classes"])
+        except (KeyError, TypeError) as e:
+            raise SpecError(f"invalid model spec: {e}") from e
+        if len(shape) == 1:  # tabular: features become channels of a 1x1 map
+            shape = (shape[0], 1, 1)
+        if len(shape) != 3:
+            raise SpecError(f"input_shape must be [C, H, W] or [features], got {list(shape)}")
+        return cls(input_shape=shape, classes=classes, blocks=blocks,  # type: ignore[arg-type]
+                   name=str(d.get("name", "model")), meta=dict(d.get("meta", {})))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "input_shape": list(self.input_shape),
+                "classes": self.classes, "blocks": [b.to_dict() for b in self.blocks]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def with_input(self, input_shape: tuple[int, ...], classes: int) -> ModelSpec:
+        """The same blocks for another data set's input shape and class count."""
+        d = self.to_dict()
+        d.update(input_shape=list(input_shape), classes=classes)
+        return ModelSpec.from_dict(d)
+
+    # ---- checks and shapes ----------------------------------------------------------
+    def validate(self) -> None:
+        if any(v <= 0 for v in self.input_shape):
+            raise SpecError(f"input_shape must be positive, got {list(self.input_shape)}")
+        if self.classes < 2:
+            raise SpecError(f"classes must be at least 2, got {self.classes}")
+        if not self.blocks or self.blocks[-1].type != "output":
+            raise SpecError("the last block must be of type 'output'")
+        for i, b in enumerate(self.blocks):
+            if b.type not in BLOCK_TYPES:
+                raise SpecError(f"block {i}: unknown type {b.type!r}; use one of {BLOCK_TYPES}")
+            if b.type == "output" and i != len(self.blocks) - 1:
+                raise SpecError(f"block {i}: 'output' must be the last block")
+            if b.type == "conv":
+                if b.filters <= 0 or b.kernel <= 0 or b.pool <= 0:
+                    raise SpecError(f"block {i}: conv needs positive filters, kernel and pool")
+                if b.padding not in (0, b.kernel // 2):
+                    raise SpecError(f"block {i}: padding must be 0 or kernel//2 ({b.kernel // 2})")
+                if b.mode not in CONV_MODES:
+                    raise SpecError(f"block {i}: mode must be one of {CONV_MODES}")
+            if b.type == "dense" and b.units <= 0:
+                raise SpecError(f"block {i}: dense needs positive units")
+        self.shapes()  # raises on shapes that collapse
+
+    def shapes(self) -> list[BlockShape]:
+        out: list[BlockShape] = []
+        c, h, w = self.input_shape
+        seen_dense = False
+        for i, b in enumerate(self.blocks):
+            in_shape = (c, h, w)
+            if b.type == "conv":
+                if seen_dense:
+                    raise SpecError(f"block {i}: a conv block cannot follow a dense block")
+                h, w = h + 2 * b.padding - b.kernel + 1, w + 2 * b.padding - b.kernel + 1
+                if h <= 0 or w <= 0:
+                    raise SpecError(f"block {i}: kernel {b.kernel} larger than input {in_shape}")
+                conv_shape = (b.filters, h, w)
+                h, w = h // b.pool, w // b.pool
+                if h <= 0 or w <= 0:
+                    raise SpecError(f"block {i}: pool {b.pool} larger than map {conv_shape}")
+                c = b.filters
+            else:
+                seen_dense = True
+                c, h, w = (b.units if b.type == "dense" else self.classes), 1, 1
+                conv_shape = (c, h, w)
+            out.append(BlockShape(i, b, in_shape, conv_shape, (c, h, w)))
+        return out
+
+
+# ---- presets ----------------------------------------------------------------------------
+def _conv(filters: int, kernel: int = 3, pool: int = 1, same: bool = True) -> dict[str, Any]:
+    return {"type": "conv", "filters": filters, "kernel": kernel,
+            "padding": kernel // 2 if same else 0, "pool": pool}
+
+
+def _preset(name: str, shape: list[int], classes: int, blocks: list[dict[str, Any]]) -> dict:
+    return {"name": name, "input_shape": shape, "classes": classes, "blocks": blocks}
+
+
+def bnn_mlp(width: int = 1024, hidden: int = 3) -> dict[str, Any]:
+    """The BNN paper's MLP: ``hidden`` binary dense layers of ``width`` units."""
+    return _preset(f"bnn-mlp-{width}", [1, 28, 28], 10,
+                   [{"type": "dense", "units": width}] * hidden + [{"type": "output"}])
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # eBNN-style MNIST net: two fused conv-pool blocks; 32x14x14 + 32x7x7 activation bits.
+    "ebnn-mnist": _preset("ebnn-mnist", [1, 28, 28], 10,
+                          [_conv(32, 3, pool=2), _conv(32, 3, pool=2), {"type": "output"}]),
+    "bnn-mlp": bnn_mlp(),
+    "binarynet-cifar10": _preset("binarynet-cifar10", [3, 32, 32], 10, [
+        _conv(128), _conv(128, pool=2), _conv(256), _conv(256, pool=2), _conv(512),
+        _conv(512, pool=2), {"type": "dense", "units": 1024}, {"type": "dense", "units": 1024},
+        {"type": "output"}]),
+    # Small Fashion-MNIST / MNIST conv net.
+    "small-conv": _preset("small-conv", [1, 28, 28], 10,
+                          [_conv(32, 3, pool=2), _conv(64, 3, pool=2),
+                           {"type": "dense", "units": 128}, {"type": "output"}]),
+    # The demo: scikit-learn's 8x8 digits.
+    "digits": _preset("digits", [1, 8, 8], 10,
+                      [_conv(32, 3, pool=2), {"type": "dense", "units": 64}, {"type": "output"}]),
+}
+
+
+def load_spec(source: str | Path | dict[str, Any]) -> ModelSpec:
+    """A spec from a preset name (``bnn-mlp:512`` sets the MLP width), a JSON/YAML file or a dict."""
+    if isinstance(source, dict):
+        return ModelSpec.from_dict(source)
+    text = str(source)
+    base, _, arg = text.partition(":")
+    if base == "bnn-mlp" and arg:
+        return ModelSpec.from_dict(bnn_mlp(int(arg)))
+    if text in PRESETS:
+        return ModelSpec.from_dict(PRESETS[text])
+    path = Path(text)
+    if not path.exists():
+        raise SpecError(f"{text!r} is neither a preset ({', '.join(PRESETS)}) nor a spec file")
+    raw = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(raw)
+    else:
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"{path}: not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec must be a mapping")
+    return ModelSpec.from_dict(data)
+
