@@ -216,7 +216,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def load_spec(source: str | Path | dict[str, Any]) -> ModelSpec:
-    """A spec from a preset name (``bnn-mlp:512`` sets the MLP width), a JSON/YAML file or a dict."""
+    """A spec from a preset name (``bnn-mlp:512`` sets the MLP width), a JSON/YAML file
+    or a dict."""
     if isinstance(source, dict):
         return ModelSpec.from_dict(source)
     text = str(source)
