@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebnn import early_exit, engine
+from ebnn.deploy import IntegerModel
 from ebnn.fold import fold
 from ebnn.spec import ModelSpec
 from ebnn.testing import calibrated_random_model, random_inputs
@@ -47,3 +48,17 @@ def test_counts_full_work_exactly():
     valid_taps = sum(min(y + 1, 5) - max(y - 1, 0) + 1 for y in range(6)) ** 2
     assert result.layers[1].full_word_ops == 5 * valid_taps * 2 * 3
     assert result.skipped_fraction > 0
+
+
+def test_tap_order_is_saved_with_the_model(tmp_path):
+    spec = {"input_shape": [1, 8, 8], "classes": 3, "blocks": [
+        {"type": "conv", "filters": 8, "kernel": 3, "padding": 1, "pool": 2},
+        {"type": "conv", "filters": 8, "kernel": 3, "padding": 1}, {"type": "output"}]}
+    model = fold(calibrated_random_model(spec, seed=2))
+    x = random_inputs(ModelSpec.from_dict(spec), 30)
+    early_exit.set_tap_order(model, x)
+    again = IntegerModel.load(model.save(tmp_path / "m.ebnn"))
+    assert again.layers[0].tap_order is None
+    assert sorted(again.layers[1].tap_order.tolist()) == list(range(9))
+    assert np.array_equal(again.layers[1].tap_order, model.layers[1].tap_order)
+    assert early_exit.run(again, x).skipped_fraction == early_exit.run(model, x).skipped_fraction

@@ -29,6 +29,7 @@ import numpy as np
 MAGIC = b"EBNNMDL\0"
 VERSION = 1
 _HEADER = struct.Struct("<8sIQ32s")
+_OPTIONAL_ARRAYS = ("threshold", "flip", "scale", "bias", "tap_order")
 
 
 class ModelFileError(ValueError):
@@ -51,6 +52,7 @@ class IntLayer:
     scale: np.ndarray | None = None  # int32 (O,): output layer, A_j
     bias: np.ndarray | None = None  # int64 (O,): output layer, Bias_j
     shift: int = 0  # output layer: scores are (A z + Bias) / 2**shift
+    tap_order: np.ndarray | None = None  # int (KH*KW,): early-exit evaluation order of taps
 
     @property
     def out_channels(self) -> int:
@@ -104,7 +106,7 @@ class IntegerModel:
             layers_meta.append(lm)
             arrays[f"l{i}_weights"] = np.packbits(layer.weights.astype(bool).ravel(),
                                                   bitorder="little")
-            for key in ("threshold", "flip", "scale", "bias"):
+            for key in _OPTIONAL_ARRAYS:
                 value = getattr(layer, key)
                 if value is not None:
                     arrays[f"l{i}_{key}"] = np.asarray(value)
@@ -142,7 +144,7 @@ class IntegerModel:
                 shape = tuple(lm["weights_shape"])
                 bits = np.unpackbits(npz[f"l{i}_weights"], bitorder="little",
                                      count=int(np.prod(shape))).astype(bool).reshape(shape)
-                extra = {k: npz[f"l{i}_{k}"] for k in ("threshold", "flip", "scale", "bias")
+                extra = {k: npz[f"l{i}_{k}"] for k in _OPTIONAL_ARRAYS
                          if f"l{i}_{k}" in npz.files}
                 layers.append(IntLayer(kind=lm["kind"], in_shape=tuple(lm["in_shape"]),
                                        weights=bits, padding=lm["padding"], pool=lm["pool"],

@@ -16,7 +16,8 @@ both engines skip them. The first layer (``uint8`` input) is not a popcount laye
 reported separately; its pool-level early exit is counted in positions.
 
 ``order`` (per layer, a permutation of the kernel taps) lets the most decisive taps come
-first; :func:`decisive_tap_order` derives one from calibration data.
+first; :func:`decisive_tap_order` derives one from calibration data and
+:func:`set_tap_order` stores it in the deployable model, where the C export reads it.
 """
 
 from __future__ import annotations
@@ -149,9 +150,11 @@ def _first_layer(layer: IntLayer, x: np.ndarray, offset: np.ndarray, count: Laye
 
 def run(model: IntegerModel, x: np.ndarray, word_bits: int = 32, chunk: int = 1,
         orders: list[np.ndarray | None] | None = None) -> EarlyExitResult:
-    """Evaluate ``x`` with early exit; returns bits, scores and per-layer work counts."""
+    """Evaluate ``x`` with early exit; returns bits, scores and per-layer work counts.
+
+    ``orders`` defaults to each layer's stored ``tap_order`` (natural order if none)."""
     act = engine.to_hwc(model, x)
-    orders = orders or [None] * len(model.layers)
+    orders = orders or [layer.tap_order for layer in model.layers]
     outputs: list[np.ndarray] = []
     counts: list[LayerCount] = []
     for i, (layer, order) in enumerate(zip(model.layers, orders, strict=True)):
@@ -194,3 +197,10 @@ def decisive_tap_order(model: IntegerModel, x: np.ndarray, word_bits: int = 32
             z = engine.layer_z(layer, act, model.input_offset, word_bits)
             act = engine.threshold_pool(layer, z)
     return orders
+
+
+def set_tap_order(model: IntegerModel, x: np.ndarray, word_bits: int = 32) -> IntegerModel:
+    """Store :func:`decisive_tap_order` on ``x`` in the model's layers (in place)."""
+    for layer, order in zip(model.layers, decisive_tap_order(model, x, word_bits), strict=True):
+        layer.tap_order = None if order is None else order.astype(np.int32)
+    return model
