@@ -15,12 +15,13 @@ flip bit expresses uniformly: ``bit = OR(z_i >= T) XOR flip``.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .deploy import IntegerModel, IntLayer
+from .deploy import IntegerModel, IntLayer, is_model_file
 from .layers import ConvBlock, DenseBlock, OutputBlock
 from .model import BNN
 
@@ -122,3 +123,16 @@ def fold(model: BNN, meta: dict | None = None,
                         input_offset=offsets.astype(np.int32), layers=layers,
                         spec=spec.to_dict(), quantizer=quantizer, class_names=class_names,
                         meta=dict(meta or {}))
+
+
+def load_integer_model(path: str | Path) -> IntegerModel:
+    """The deployable model in ``path``: a ``.ebnn`` file as is, or a training checkpoint
+    folded on the fly (so every deploy-side command accepts either)."""
+    from .checkpoint import load_checkpoint
+
+    if is_model_file(path):
+        return IntegerModel.load(path)
+    ck = load_checkpoint(path)
+    return fold(ck.model, quantizer=ck.quantizer, class_names=ck.meta.get("class_names"),
+                meta={"source": Path(path).name, **{k: v for k, v in ck.meta.items()
+                                                    if isinstance(v, str | int | float)}})
