@@ -1,11 +1,239 @@
-"""Command-line interface: a thin layer over the Python API."""
+"""Command-line interface: a thin layer over the Python API.
+
+    ebnn train --data digits --model digits --epochs 30 --out digits.pt
+    ebnn eval digits.pt --data digits --split test [--json]
+    ebnn summary digits.pt|PRESET [--json]
+    ebnn spec PRESET > my-model.json
+
+Each subcommand is one ``cmd_*`` function that calls the Python API; the parser is built
+in :func:`build_parser`. Errors a user can fix (bad data, spec, checkpoint or option) are
+printed as one line ``ebnn: error: ...`` on stderr with exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import CheckpointError
+from .data import DataError
+from .spec import SpecError
+
+# Errors that describe a problem with the user's input, not a bug: one line, exit 2.
+USER_ERRORS = (DataError, SpecError, CheckpointError, ValueError, OSError)
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+# ---- subcommands ---------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import SOURCES, load_dataset, train_val_split
+    from .spec import load_spec
+    from .train import TrainConfig, evaluate, train
+
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         lr_decay=args.lr_decay, loss=args.loss, seed=args.seed,
+                         val_fraction=args.val_fraction, augment_shift=args.augment_shift,
+                         memory_efficient=args.memory_efficient,
+                         early_exit_reg=args.early_exit_reg, device=args.device,
+                         threads=args.threads)
+    ds = load_dataset(args.data, "train", args.data_dir)
+    spec = load_spec(args.model)
+    if spec.input_shape != ds.input_shape or spec.classes != ds.classes:
+        spec = spec.with_input(ds.input_shape, ds.classes)  # presets work on any data set
+    if config.val_fraction > 0:
+        train_ds, val_ds = train_val_split(ds, config.val_fraction, config.seed)
+    else:
+        train_ds, val_ds = ds, None
+    _err(f"training {spec.name} on {ds.name}: {len(train_ds)} train / "
+         f"{len(val_ds) if val_ds is not None else 0} validation examples, "
+         f"input {list(spec.input_shape)}, {spec.classes} classes")
+    result = train(spec, train_ds, val_ds, config, args.out, progress=not args.no_progress,
+                   log=_err)
+    seconds = sum(h["seconds"] for h in result.history)
+    best = "" if result.best_val_accuracy is None else \
+        f", validation accuracy {result.best_val_accuracy:.4f}"
+    print(f"best epoch {result.best_epoch}/{config.epochs}{best}; saved {result.out} "
+          f"(training state in {result.last}); {seconds:.1f} s of training")
+
+    if args.test_data:
+        test = load_dataset(args.test_data, "test", quantizer=ds.quantizer,
+                            class_names=ds.class_names)
+    elif args.data in SOURCES:
+        test = load_dataset(args.data, "test", args.data_dir)
+    else:
+        _err("no test evaluation: pass --test-data PATH for a file or directory source")
+        return 0
+    metrics = evaluate(result.model, test)
+    print(f"test accuracy {metrics['accuracy']:.4f} on {metrics['n']} examples")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .data import FeatureQuantizer, load_dataset
+    from .train import check_data, evaluate
+
+    ck = load_checkpoint(args.checkpoint)
+    quantizer = FeatureQuantizer.from_dict(ck.quantizer) if ck.quantizer else None
+    ds = load_dataset(args.data, args.split, args.data_dir, quantizer=quantizer,
+                      class_names=ck.meta.get("class_names"))
+    check_data(ck.spec, ds, f"{args.data} {args.split}")
+    metrics = evaluate(ck.model, ds)
+    if args.json:
+        _print_json({**metrics, "checkpoint": str(args.checkpoint), "data": ds.name,
+                     "split": args.split})
+    else:
+        print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} examples "
+              f"({ds.name} {args.split}), mean loss {metrics['loss']:.4f}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .spec import PRESETS, load_spec
+    from .summary import summarize
+
+    path = Path(args.model)
+    if args.model not in PRESETS and path.is_file() and \
+            path.suffix.lower() not in (".json", ".yaml", ".yml"):
+        from .checkpoint import load_checkpoint
+
+        spec = load_checkpoint(path).spec
+    else:
+        spec = load_spec(args.model)
+    summary = summarize(spec)
+    if args.json:
+        _print_json(summary.to_dict())
+    else:
+        print(summary.to_table())
+    return 0
+
+
+def cmd_spec(args: argparse.Namespace) -> int:
+    from .spec import load_spec
+
+    print(load_spec(args.preset).to_json())
+    return 0
+
+
+# ---- parser --------------------------------------------------------------------------------
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="SRC",
+                   help="a named source (digits, mnist, fashion-mnist, cifar10, svhn) or a "
+                        ".npz/.csv file or IDX directory")
+    p.add_argument("--data-dir", metavar="DIR", help="where a named source's files are")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="ebnn", description="Train binarized neural networks and deploy them, bit-exact, "
+                                 "to microcontrollers.")
+    parser.add_argument("--version", action="version", version=f"ebnn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model; rerun the same command to resume",
+                       description="Train a model. The best model (by validation accuracy) "
+                                   "goes to --out, the resumable state to OUT.last; running "
+                                   "the same command again resumes an interrupted run.")
+    _add_data_args(p)
+    p.add_argument("--model", required=True, metavar="PRESET|SPEC",
+                   help="a preset name or a .json/.yaml spec file")
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--out", required=True, type=Path, metavar="FILE")
+    p.add_argument("--test-data", metavar="PATH",
+                   help="test data for a file or directory source (read with the training "
+                        "file's quantiser; the test split of a .npz or IDX directory)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-2, help="initial learning rate (Adam)")
+    p.add_argument("--lr-decay", default="cosine", choices=["cosine", "exponential", "none"],
+                   help="decay to lr/100 over the run")
+    p.add_argument("--loss", default="cross-entropy", choices=["cross-entropy", "squared-hinge"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--augment-shift", type=int, default=0, metavar="PIXELS",
+                   help="random shifts of up to PIXELS in each direction (0: off)")
+    p.add_argument("--memory-efficient", action="store_true",
+                   help="train with less activation memory (ebnn.memeff)")
+    p.add_argument("--early-exit-reg", type=float, default=0.0, metavar="L",
+                   help="weight of the penalty on pre-activations near the sign threshold")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (0: torch's default, at most 4)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="accuracy of a checkpoint on a data set")
+    p.add_argument("checkpoint", type=Path, metavar="FILE")
+    _add_data_args(p)
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--json", action="store_true", help="print JSON (accuracy is a fraction)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("summary", help="per-layer parameters, bytes and operations")
+    p.add_argument("model", metavar="FILE|PRESET", help="a checkpoint, spec file or preset")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("spec", help="print a preset's spec as JSON (a start for your own)")
+    p.add_argument("preset", metavar="PRESET")
+    p.set_defaults(func=cmd_spec)
+
+    p = sub.add_parser("data", help="data sets: `ebnn data download NAME [--dir DIR]`")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data_sub.add_parser("download", help="download a standard data set, verified",
+                            description="Download NAME's files with checksum verification; "
+                                        "rerun to resume an interrupted download.")
+    p.add_argument("name", choices=["mnist", "fashion-mnist", "cifar10", "svhn", "digits"])
+    p.add_argument("--dir", type=Path, metavar="DIR",
+                   help="target directory (default: $EBNN_DATA_DIR/NAME or ~/.cache/ebnn/NAME, "
+                        "where `--data NAME` looks)")
+    p.add_argument("--base-url", metavar="URL",
+                   help="a mirror to fetch from (also $EBNN_DOWNLOAD_URL)")
+    p.add_argument("--only", nargs="+", metavar="FILE", help="fetch only these files")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_download)
+
+    from .search.cli import add_search_parser  # ebnn search: options live with the search
+
+    add_search_parser(sub)
+    return parser
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from .data import default_data_dir, download
+
+    directory = args.dir if args.dir is not None else default_data_dir(args.name)
+    for path in download(args.name, directory, args.base_url, not args.no_progress,
+                         files=args.only):
+        print(path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ebnn")
-    parser.parse_args(argv)
-    return 0
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        _err(f"ebnn: error: {msg}")
+        return 2
+    except KeyboardInterrupt:
+        hint = ("; rerun the same command to resume" if args.command in ("train", "search")
+                else "")
+        _err(f"ebnn: interrupted{hint}")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

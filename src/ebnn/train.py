@@ -1,0 +1,407 @@
+"""Train a binarized network from a spec and a data set, with resumable checkpoints.
+
+    >>> from ebnn.data import load_dataset, train_val_split
+    >>> from ebnn.spec import load_spec
+    >>> ds = load_dataset("digits")
+    >>> tr, va = train_val_split(ds, 0.1, seed=0)
+    >>> result = train(load_spec("digits").with_input(ds.input_shape, ds.classes), tr, va,
+    ...                TrainConfig(epochs=30), Path("digits.pt"))   # doctest: +SKIP
+    >>> result.best_val_accuracy                                     # doctest: +SKIP
+
+The recipe is the BNN one (Hubara et al. 2016): Adam on the latent weights (clipped to
+[-1, 1] after every step by :mod:`ebnn.layers`), a learning rate decaying from ``lr`` to
+``lr * lr_final_ratio`` over the run (cosine by default, or exponential), and either
+cross-entropy or the paper's multiclass squared hinge loss on ±1 targets. The input
+normalisation (integer offset per channel, one scale) is computed from the training set
+and stored in the model. After every epoch the batch norms' running statistics are
+recomputed over the training set (:func:`recalibrate_batch_norm`), then the model is
+validated.
+
+**Files.** After every epoch the *best* model so far (highest validation accuracy, the
+later epoch on a tie; the latest one when there is no validation set) is written to
+``out``, and the full training state of the latest epoch (model, optimizer, scheduler,
+random generators, history) to ``out`` + ``.last`` (for example ``digits.pt.last``). Both
+writes are atomic.
+
+**Resuming.** Calling :func:`train` again with the same ``out`` continues from the epoch
+stored in ``.last``, restoring everything, so an interrupted run ends with the same weights
+as an uninterrupted one. A finished run does no more training and returns its record. A
+``.last`` file from a different run (other spec, data or config) is an error: delete it or
+choose another ``out``.
+
+**Repeatability.** The seed fixes the weight initialisation (``torch.manual_seed``) and the
+shuffling and augmentation (a private ``torch.Generator``); the same seed, data and thread
+count give the same weights.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from . import __version__
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data import Dataset, normalization, random_shift
+from .layers import sign
+from .model import BNN, build_model
+from .spec import ModelSpec
+from .summary import summarize
+
+LOSSES = ("cross-entropy", "squared-hinge")
+LR_DECAYS = ("cosine", "exponential", "none")
+_DEFAULT_THREADS = torch.get_num_threads()  # before any set_num_threads of ours
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (all of them are stored in the checkpoint).
+
+    ``lr`` decays to ``lr * lr_final_ratio`` by the last epoch (``lr_decay``: cosine,
+    exponential or none). ``augment_shift`` > 0 shifts each training image by up to that
+    many pixels in each direction. ``memory_efficient`` trains through
+    :func:`ebnn.memeff.make_memory_efficient`. ``early_exit_reg`` > 0 adds
+    ``early_exit_reg * mean(relu(early_exit_margin - |pre|))`` over the pre-activations
+    of every binary block, pushing them away from the sign threshold. ``bn_recalibrate``
+    sets the batch norms' running statistics from the whole training set after every
+    epoch (see :func:`recalibrate_batch_norm`). ``threads`` sets
+    ``torch.set_num_threads`` (0: :func:`default_threads`).
+    """
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-2
+    lr_decay: str = "cosine"
+    lr_final_ratio: float = 0.01
+    loss: str = "cross-entropy"
+    seed: int = 0
+    val_fraction: float = 0.1
+    augment_shift: int = 0
+    memory_efficient: bool = False
+    early_exit_reg: float = 0.0
+    early_exit_margin: float = 1.0
+    bn_recalibrate: bool = True
+    device: str = "cpu"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch size must be at least 2 (batch norm), got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"unknown lr decay {self.lr_decay!r}; use one of "
+                             f"{', '.join(LR_DECAYS)}")
+        if not 0 < self.lr_final_ratio <= 1:
+            raise ValueError(f"lr_final_ratio must be in (0, 1], got {self.lr_final_ratio}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
+        if self.augment_shift < 0:
+            raise ValueError(f"augment shift must be >= 0, got {self.augment_shift}")
+        if self.early_exit_reg < 0:
+            raise ValueError(f"early-exit regularisation must be >= 0, got {self.early_exit_reg}")
+
+    def run_key(self) -> dict[str, Any]:
+        """The settings that must match for a run to be resumed (device and threads may change)."""
+        d = asdict(self)
+        d.pop("device")
+        d.pop("threads")
+        return d
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did: the best model (eval mode) and the per-epoch history.
+
+    Each history entry has ``epoch`` (1-based), ``loss``, ``train_accuracy``,
+    ``val_accuracy`` and ``val_loss`` (``None`` without validation set), ``lr`` and
+    ``seconds``. ``resumed_from`` is the epoch training continued from (0: a fresh run).
+    """
+
+    model: BNN
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val_accuracy: float | None
+    resumed_from: int
+    out: Path
+    last: Path
+    seconds: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def last_path(out: str | Path) -> Path:
+    """Where the resumable training state of ``out`` lives: ``out`` + ``.last``."""
+    out = Path(out)
+    return out.with_name(out.name + ".last")
+
+
+# ---- losses ------------------------------------------------------------------------------
+def squared_hinge(scores: Tensor, y: Tensor) -> Tensor:
+    """The BNN paper's multiclass squared hinge: mean of relu(1 - t * s)^2, t = ±1 one-hot."""
+    t = torch.full_like(scores, -1.0).scatter_(1, y[:, None], 1.0)
+    return F.relu(1.0 - t * scores).square().mean()
+
+
+def _loss(name: str, scores: Tensor, y: Tensor) -> Tensor:
+    if name == "squared-hinge":
+        return squared_hinge(scores, y)
+    return F.cross_entropy(scores, y)
+
+
+def _forward_with_preactivations(model: BNN, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Scores and the binary blocks' pre-activations in one pass (same result as forward)."""
+    pres = model.preactivations(x)
+    h = sign(pres[-1]) if pres else model.normalize(x)
+    return model.blocks[-1](h), pres
+
+
+def early_exit_penalty(pres: list[Tensor], margin: float) -> Tensor:
+    """Mean over blocks of mean(relu(margin - |pre|)): small when pre-activations are far
+    from the sign threshold, so bits are stable and early decisions reliable."""
+    return torch.stack([F.relu(margin - p.abs()).mean() for p in pres]).mean()
+
+
+# ---- evaluation --------------------------------------------------------------------------
+def _tensors(ds: Dataset) -> tuple[Tensor, Tensor]:
+    return torch.as_tensor(np.asarray(ds.x)), torch.as_tensor(np.asarray(ds.y), dtype=torch.int64)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: Dataset, batch_size: int = 1000) -> dict[str, Any]:
+    """Accuracy (a fraction), example count and mean cross-entropy of ``model`` on ``ds``."""
+    x, y = _tensors(ds)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct, loss = 0, 0.0
+    try:
+        for i in range(0, len(y), batch_size):
+            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            scores = model(xb)
+            loss += F.cross_entropy(scores, yb, reduction="sum").item()
+            correct += int((scores.argmax(1) == yb).sum())
+    finally:
+        model.train(was_training)
+    n = len(y)
+    return {"accuracy": correct / n if n else 0.0, "n": n, "loss": loss / n if n else 0.0}
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, x: Tensor, batch_size: int = 1000) -> None:
+    """Replace every batch norm's running mean and variance by their average over ``x``.
+
+    Training updates the running statistics with momentum 0.1, so they mostly reflect the
+    last few batches; a binary network is sensitive to that noise because every threshold
+    moves with them (validation accuracy then jumps from epoch to epoch). One train-mode
+    pass over the training set, in chunks of ``batch_size``, gives stable statistics.
+    Training itself normalises with batch statistics, so this changes no gradient.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the chunks
+    was_training = model.training
+    model.train()
+    device = next(model.parameters()).device
+    try:
+        for i in range(0, len(x), batch_size):
+            model(x[i:i + batch_size].to(device))
+    finally:
+        for m, momentum in zip(bns, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+
+
+# ---- training ----------------------------------------------------------------------------
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
+    # Stepped once per epoch; both reach lr * lr_final_ratio by the end of the run.
+    if cfg.lr_decay == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(1, cfg.epochs - 1), eta_min=cfg.lr * cfg.lr_final_ratio)
+    ratio = cfg.lr_final_ratio if cfg.lr_decay == "exponential" else 1.0
+    return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=ratio ** (1 / max(1, cfg.epochs - 1)))
+
+
+def check_data(spec: ModelSpec, ds: Dataset, what: str) -> None:
+    """Raise ``ValueError`` unless ``ds`` has the spec's input shape and labels in range."""
+    shape = tuple(int(v) for v in np.asarray(ds.x).shape[1:])
+    if shape != tuple(spec.input_shape):
+        raise ValueError(f"{what} data has input shape {list(shape)} but the model expects "
+                         f"{list(spec.input_shape)}")
+    y = np.asarray(ds.y)
+    if len(y) and (y.min() < 0 or y.max() >= spec.classes):
+        raise ValueError(f"{what} data has labels outside 0..{spec.classes - 1}")
+
+
+SMALL_BATCH_OPS = 20_000_000  # below this many MACs per batch, one thread is fastest
+
+
+def default_threads(spec: ModelSpec, batch_size: int) -> int:
+    """CPU threads for ``threads=0``: 1 for small networks, else torch's default (which
+    follows ``OMP_NUM_THREADS``) capped at 4.
+
+    For a network like the digits demo (3M MACs per batch) thread synchronisation costs
+    more than it saves, and on a busy machine extra threads that wait for each other can
+    make an epoch ten times slower; larger networks gain up to about 4 threads.
+    """
+    s = summarize(spec).totals
+    if (s.binary_macs + s.real_ops) * batch_size < SMALL_BATCH_OPS:
+        return 1
+    return min(4, _DEFAULT_THREADS)
+
+
+def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: TrainConfig,
+          out: str | Path, progress: bool = True,
+          log: Callable[[str], None] | None = None,
+          on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train ``spec`` on ``train_ds``, validating on ``val_ds`` (or not, if ``None``) after
+    every epoch; the best model goes to ``out``, the resumable state to ``out.last``.
+
+    ``progress`` shows a tqdm bar on a terminal; ``log`` receives one line per epoch.
+    ``on_epoch(epoch, record)`` is called after each epoch's checkpoints are written, with
+    the 1-based epoch and its history record; an exception it raises (e.g. the search's
+    ``optuna.TrialPruned``) stops training, leaving a resumable ``.last``.
+    Raises ``ValueError`` for data that does not fit the spec and
+    :class:`~ebnn.checkpoint.CheckpointError` for a ``.last`` file of another run.
+    """
+    cfg = config
+    out, last = Path(out), last_path(out)
+    say = log or (lambda _msg: None)
+    check_data(spec, train_ds, "training")
+    if val_ds is not None and len(val_ds) == 0:
+        val_ds = None
+    if val_ds is not None:
+        check_data(spec, val_ds, "validation")
+    torch.set_num_threads(cfg.threads if cfg.threads > 0 else default_threads(spec, cfg.batch_size))
+    device = torch.device(cfg.device)
+    x, y = _tensors(train_ds)
+    n = len(y)
+    if n < 2:
+        raise ValueError(f"need at least 2 training examples, got {n}")
+
+    torch.manual_seed(cfg.seed)
+    offsets, scale = normalization(np.asarray(train_ds.x))
+    model = build_model(spec, offsets, scale)
+    if cfg.memory_efficient:
+        from .memeff import make_memory_efficient  # optional, loaded only when asked for
+
+        model = make_memory_efficient(model)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = _scheduler(opt, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    run_key = {"config": cfg.run_key(), "spec": spec.to_dict(), "data": train_ds.name,
+               "n_train": n, "n_val": len(val_ds) if val_ds is not None else 0}
+    meta = {"data": train_ds.name, "classes": int(spec.classes),
+            "class_names": train_ds.class_names,
+            "config": asdict(cfg), "ebnn_version": __version__}
+    quantizer = train_ds.quantizer
+    history: list[dict[str, Any]] = []
+    start, best_epoch, best_acc = 0, 0, -1.0
+
+    if last.exists():
+        ck = load_checkpoint(last)
+        state = ck.train_state
+        if state is None or "run_key" not in state:
+            raise CheckpointError(f"{last}: has no training state to resume from")
+        if state["run_key"] != run_key:
+            diff = [k for k in run_key if state["run_key"].get(k) != run_key[k]]
+            if "config" in diff:
+                old, new = state["run_key"]["config"], run_key["config"]
+                diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+            raise CheckpointError(f"{last} is from a different run ({'; '.join(diff)}); "
+                                  "delete it or choose another output file")
+        model.load_state_dict(ck.model.state_dict())
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history, start = ck.history, int(state["epoch"])
+        best_epoch, best_acc = int(state["best_epoch"]), float(state["best_val_accuracy"])
+        say(f"resuming {out} from epoch {start}/{cfg.epochs}" if start < cfg.epochs
+            else f"{out}: already trained for {start} epochs; nothing to do")
+
+    for stale in out.parent.glob(f".{out.name}*.tmp"):  # ebnn.fileio's temporary names
+        stale.unlink(missing_ok=True)  # left behind by a run killed while writing
+    t_run = time.perf_counter()
+    show_bar = progress and sys.stderr.isatty()
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        if n - (n // cfg.batch_size) * cfg.batch_size == 1:
+            perm = perm[:-1]  # a batch of one cannot be batch-normalised
+        batches = [perm[i:i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size)]
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show_bar,
+                   leave=False, unit="batch")
+        total_loss, correct, seen = 0.0, 0, 0
+        for idx in bar:
+            xb = x[idx]
+            if cfg.augment_shift > 0:
+                xb = random_shift(xb, cfg.augment_shift, gen)
+            xb, yb = xb.to(device), y[idx].to(device)
+            if cfg.early_exit_reg > 0:
+                scores, pres = _forward_with_preactivations(model, xb)
+                loss = _loss(cfg.loss, scores, yb)
+                if pres:
+                    loss = loss + cfg.early_exit_reg * early_exit_penalty(
+                        pres, cfg.early_exit_margin)
+            else:
+                scores = model(xb)
+                loss = _loss(cfg.loss, scores, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total_loss += loss.item() * len(idx)
+            correct += int((scores.argmax(1) == yb).sum())
+            seen += len(idx)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+        bar.close()
+        sched.step()
+        if cfg.bn_recalibrate:
+            recalibrate_batch_norm(model, x)
+        val = evaluate(model, val_ds) if val_ds is not None else None
+        record = {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen,
+                  "val_accuracy": val["accuracy"] if val else None,
+                  "val_loss": val["loss"] if val else None, "lr": lr,
+                  "seconds": time.perf_counter() - t0}
+        history.append(record)
+        # Ties go to the later epoch (lower learning rate); without validation: the latest.
+        if val is None or val["accuracy"] >= best_acc:
+            best_epoch, best_acc = epoch + 1, val["accuracy"] if val else -1.0
+            save_checkpoint(out, model, quantizer=quantizer, history=history,
+                            meta={**meta, "epoch": epoch + 1,
+                                  "val_accuracy": record["val_accuracy"]})
+        state = {"run_key": run_key, "epoch": epoch + 1, "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                 "torch_rng": torch.get_rng_state(), "best_epoch": best_epoch,
+                 "best_val_accuracy": best_acc}
+        save_checkpoint(last, model, quantizer=quantizer, train_state=state, history=history,
+                        meta={**meta, "epoch": epoch + 1})
+        val_text = f" val acc {val['accuracy']:.4f}" if val else ""
+        say(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} train acc "
+            f"{record['train_accuracy']:.4f}{val_text} lr {lr:.2e} ({record['seconds']:.1f} s)")
+        if on_epoch is not None:
+            on_epoch(epoch + 1, record)
+
+    best = load_checkpoint(out)
+    best_val = best_acc if best_acc >= 0 else None
+    return TrainResult(model=best.model, history=history, best_epoch=best_epoch,
+                       best_val_accuracy=best_val, resumed_from=start, out=out, last=last,
+                       seconds=time.perf_counter() - t_run, meta=best.meta)
