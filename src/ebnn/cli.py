@@ -4,6 +4,8 @@
     ebnn eval digits.pt --data digits --split test [--json]
     ebnn summary digits.pt|PRESET [--json]
     ebnn spec PRESET > my-model.json
+    ebnn build digits.pt --target cortex-m4 --out build/m4 [--json]
+    ebnn bench digits.pt --target atmega328p --data digits --images 50 [--json]
 
 Each subcommand is one ``cmd_*`` function that calls the Python API; the parser is built
 in :func:`build_parser`. Errors a user can fix (bad data, spec, checkpoint or option) are
@@ -125,6 +127,32 @@ def cmd_spec(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from .mcu import build_model_for_target, build_options, format_build
+
+    tb = build_model_for_target(args.model, args.target, args.out, **build_options(args))
+    if args.json:
+        _print_json(tb.to_dict())
+    else:
+        print(format_build(tb))
+    return 1 if tb.problems() else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .fold import load_integer_model
+    from .mcu import bench_inputs, bench_on_target, build_options, format_report
+
+    model = load_integer_model(args.model)
+    x, y = bench_inputs(model, args.data, args.data_dir, args.split, args.images or None)
+    report = bench_on_target(model, args.target, x, y, out_dir=args.out, jobs=args.jobs,
+                             log=None if args.json else _err, **build_options(args))
+    if args.json:
+        _print_json(report)
+    else:
+        print(format_report(report))
+    return 1 if report["problems"] else 0
+
+
 # ---- parser --------------------------------------------------------------------------------
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="SRC",
@@ -203,6 +231,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="FILE", help="fetch only these files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_download)
+
+    from .mcu import add_build_options  # ebnn build / bench share the build options
+
+    p = sub.add_parser("build", help="cross-compile a model for a target and check its sizes",
+                       description="Export the C and compile it with the target's toolchain "
+                                   "into --out; flash and RAM are measured from the ELF "
+                                   "against a no-model baseline and checked against the "
+                                   "header (exit 1 if they disagree).")
+    add_build_options(p)
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("bench", help="run a model on an emulated microcontroller",
+                       description="Build the model for --target and run it in emulation "
+                                   "(Unicorn for Cortex-M, simavr for AVR): flash, RAM, peak "
+                                   "stack, instructions or cycles per inference, accuracy, "
+                                   "and agreement with the NumPy engine (exit 1 if any "
+                                   "check fails).")
+    add_build_options(p)
+    p.add_argument("--images", type=int, default=100, metavar="N",
+                   help="images to run (default 100; 0: all)")
+    p.add_argument("--data", metavar="SRC", help="data set as for eval (default: random "
+                                                 "inputs, no accuracy)")
+    p.add_argument("--data-dir", metavar="DIR", help="where a named source's files are")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--jobs", type=int, default=1, help="emulator processes in parallel")
+    p.add_argument("--out", type=Path, metavar="DIR", help="keep the build here")
+    p.set_defaults(func=cmd_bench)
 
     from .search.cli import add_search_parser  # ebnn search: options live with the search
 

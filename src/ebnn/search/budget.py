@@ -1,0 +1,242 @@
+"""Device budgets: parse sizes like ``2KB``, and the exact footprint of a candidate.
+
+**Sizes.** :func:`parse_bytes` reads a plain byte count (``2048``) or a number with a
+unit (``2KB``, ``1.5KiB``, ``32 kB``, ``1M``). Units are case-insensitive and binary, as
+on microcontroller datasheets: ``K``/``KB``/``KiB`` = 1024 bytes and ``M``/``MB``/``MiB`` =
+1024² bytes, so ``2KB`` is the 2048 bytes of an ATmega328P's RAM. A fractional result is
+rounded *down* (a budget is a ceiling). Zero, negative and unparseable sizes raise
+:class:`BudgetError` with a message that says what was expected.
+
+**Footprint of a candidate** (:func:`plan_footprint`), in bytes:
+
+* ``ram = ram_bytes + input_bytes + stack_bytes`` of :func:`ebnn.memory.plan_memory`: the
+  static buffers of the generated C (scores included), the caller's ``uint8`` input, and
+  the stack bound of the target's architecture (:data:`ebnn.memory.STACK_BOUNDS`); without
+  a target, the largest microcontroller bound (:data:`MCU_STACK_BYTES`). This is the peak
+  RAM an inference needs on the device.
+* ``flash = flash_bytes + code_bytes``: the ``const`` model tables plus the code. With a
+  target the search builds the export for it and uses the measured ``flash`` of the ELF
+  minus a no-model baseline (:func:`ebnn.targets.footprint`), which includes both. Without
+  a target, ``code_bytes`` is :data:`CODE_BYTES` ``[None]``, the largest code size
+  measured on the microcontroller targets (see there), so a model that fits fits on
+  any of them.
+
+Memory depends only on shapes, so the plan of an untrained network is the plan of the
+trained one; the figures come from the same :func:`~ebnn.memory.plan_memory` that sizes the
+buffers of the C export, not from an estimate.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..memory import STACK_BOUNDS, MemoryPlan, plan_memory
+from ..spec import ModelSpec
+
+UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024,
+         "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+#: Code bytes (text of the model's C and the runtime kernels it uses, built with the
+#: target's flags, minus the no-model baseline) per target, and ``None`` for "no target":
+#: the largest of the microcontroller targets. Measured once with :func:`measure_code_bytes`
+#: over models that use every kernel (uint8 conv and dense first layers, fused and
+#: materialized conv, dense, output; 3 conv + 2 dense blocks) at word sizes 8, 16 and 32:
+#: 1996, 1396 and 3572 bytes; stored with 256 bytes of margin, rounded up to a multiple of
+#: 256. tests/test_search.py checks that they still bound the real code.
+CODE_BYTES: dict[str | None, int] = {
+    "cortex-m0plus": 2304,
+    "cortex-m4": 1792,
+    "atmega328p": 3840,
+    None: 3840,
+}
+
+
+#: Stack bound without a target: the largest of the microcontroller architectures (the
+#: host bound is for x86-64, not a device).
+MCU_STACK_BYTES = max(STACK_BOUNDS["avr"], STACK_BOUNDS["arm"])
+
+
+class BudgetError(ValueError):
+    """A budget that cannot be used, or that no candidate of the search space meets."""
+
+
+def parse_bytes(text: str | int | float, what: str = "budget") -> int:
+    """Bytes from ``2048``, ``2KB``, ``1.5KiB``, ``32 kB``, ``1M`` (K = 1024, see module doc).
+
+    >>> parse_bytes("2KB"), parse_bytes("1.5KiB"), parse_bytes(2048)
+    (2048, 1536, 2048)
+    """
+    if isinstance(text, bool):
+        raise BudgetError(f"{what}: expected a size like 2048, 2KB or 1.5KiB, got {text!r}")
+    if isinstance(text, int | float):
+        value, unit = float(text), ""
+    else:
+        m = _SIZE.match(str(text))
+        if not m or m.group(2).lower() not in UNITS:
+            raise BudgetError(f"{what}: cannot read {text!r} as a size; write e.g. 2048, "
+                              "2KB or 1.5KiB (K = 1024 bytes)")
+        value, unit = float(m.group(1)), m.group(2).lower()
+    if not math.isfinite(value):
+        raise BudgetError(f"{what}: {text!r} is not a finite size")
+    n = math.floor(value * UNITS[unit])
+    if n <= 0:
+        raise BudgetError(f"{what}: must be a positive number of bytes, got {text!r}")
+    return n
+
+
+def format_bytes(n: int | float) -> str:
+    """``1536`` -> ``"1536 B (1.5 KiB)"``; small values without the KiB part."""
+    n = int(n)
+    return f"{n} B" if abs(n) < 1024 else f"{n} B ({n / 1024:.3g} KiB)"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a model may use on the device: peak RAM and flash in bytes, and optionally the
+    instructions (Cortex-M) or cycles (AVR) of one inference on ``target``."""
+
+    ram: int
+    flash: int
+    target: str | None = None
+    max_count: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.ram <= 0 or self.flash <= 0:
+            raise BudgetError(f"budgets must be positive (RAM {self.ram}, flash {self.flash})")
+        if self.max_count is not None and self.max_count <= 0:
+            raise BudgetError(f"--max-instructions must be positive, got {self.max_count}")
+        if self.max_count is not None and self.target is None:
+            raise BudgetError("--max-instructions needs --target (counts come from the "
+                              "emulated target)")
+
+    @classmethod
+    def parse(cls, ram: str | int, flash: str | int, target: str | None = None,
+              max_count: int | str | None = None) -> Budget:
+        count = None if max_count is None else parse_count(max_count)
+        return cls(parse_bytes(ram, "RAM budget"), parse_bytes(flash, "flash budget"),
+                   target, count)
+
+    def describe(self) -> str:
+        text = f"RAM {format_bytes(self.ram)}, flash {format_bytes(self.flash)}"
+        if self.max_count is not None:
+            text += f", at most {self.max_count:,} per inference on {self.target}"
+        return text
+
+
+def parse_count(text: str | int) -> int:
+    """An instruction count: ``640000``, ``640_000``, ``640k`` or ``1.5M`` (decimal)."""
+    s = str(text).strip().lower().replace("_", "").replace(",", "")
+    mult = {"k": 10**3, "m": 10**6, "g": 10**9}.get(s[-1:], 1)
+    try:
+        value = float(s[:-1] if mult > 1 else s)
+    except ValueError:
+        raise BudgetError(f"cannot read {text!r} as an instruction count") from None
+    if not math.isfinite(value) or value * mult < 1:
+        raise BudgetError(f"an instruction count must be positive, got {text!r}")
+    return int(value * mult)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Device bytes of one candidate (see the module docstring for the definitions).
+
+    ``code_source`` says where ``code_bytes`` came from: ``"constant"`` (no target) or the
+    target name (measured from its build).
+    """
+
+    ram: int
+    flash: int
+    ram_bytes: int  # static buffers
+    input_bytes: int
+    stack_bytes: int
+    table_bytes: int  # const model tables (plan flash_bytes)
+    code_bytes: int
+    code_source: str
+    word_bits: int
+
+    def over(self, budget: Budget) -> dict[str, int]:
+        """Bytes over the budget, per resource (only those that are over)."""
+        out = {}
+        if self.ram > budget.ram:
+            out["ram"] = self.ram - budget.ram
+        if self.flash > budget.flash:
+            out["flash"] = self.flash - budget.flash
+        return out
+
+    def fits(self, budget: Budget) -> bool:
+        return not self.over(budget)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def footprint_from_plan(plan: MemoryPlan, code_bytes: int, code_source: str,
+                        flash: int | None = None, stack: int | None = None) -> Footprint:
+    """A :class:`Footprint` from a memory plan; ``flash`` overrides tables + code with a
+    measured figure (a target build, which already includes both), ``stack`` the plan's
+    stack bound."""
+    total_flash = plan.flash_bytes + code_bytes if flash is None else flash
+    stack = plan.stack_bytes if stack is None else stack
+    return Footprint(ram=plan.ram_bytes + plan.input_bytes + stack,
+                     flash=total_flash, ram_bytes=plan.ram_bytes,
+                     input_bytes=plan.input_bytes, stack_bytes=stack,
+                     table_bytes=plan.flash_bytes, code_bytes=total_flash - plan.flash_bytes,
+                     code_source=code_source, word_bits=plan.word_bits)
+
+
+def device_plan(model: Any, word_bits: int, target: str | None = None) -> MemoryPlan:
+    """The memory plan with ``target``'s stack bound."""
+    return plan_memory(model, word_bits, target=target)
+
+
+def plan_footprint(model: Any, word_bits: int, target: str | None = None) -> Footprint:
+    """Footprint of a spec or folded model with the stored code-size constant of ``target``
+    (exact RAM; flash exact up to the code, which is bounded by :data:`CODE_BYTES`)."""
+    plan = device_plan(model, word_bits, target)
+    code = CODE_BYTES.get(target, CODE_BYTES[None])
+    return footprint_from_plan(plan, code, "constant",
+                               stack=None if target else MCU_STACK_BYTES)
+
+
+def best_word_bits(spec: ModelSpec, choices: tuple[int, ...] = (8, 16, 32)) -> int:
+    """The word size with the smallest (RAM, flash) for ``spec``; on a tie the larger word,
+    which needs fewer popcounts per inference."""
+    def key(wb: int) -> tuple[int, int, int]:
+        plan = plan_memory(spec, wb)
+        return (plan.ram_bytes, plan.flash_bytes, -wb)
+
+    return min(choices, key=key)
+
+
+def measure_code_bytes(target: str, workdir: str) -> int:
+    """Largest code size (bytes) of the probe models on ``target`` (needs its compiler).
+    How :data:`CODE_BYTES` was measured; rerun it after changing the C runtime."""
+    from pathlib import Path
+
+    from ..fold import fold
+    from ..model import build_model
+    from .measure import build_for_target
+
+    conv = {"type": "conv", "filters": 8, "kernel": 3, "padding": 1}
+    mat = {**conv, "mode": "materialized"}
+    dense = {"type": "dense", "units": 16}
+    # The deepest models of the default space (3 conv + 2 dense blocks), both first-layer
+    # kinds and both conv modes: each layer adds one kernel call to the generated code.
+    probes = [
+        [{**conv, "pool": 2}, {**mat, "pool": 2}, conv, dense, dense, {"type": "output"}],
+        [{**mat, "pool": 2}, {**conv, "pool": 2}, mat, dense, dense, {"type": "output"}],
+        [dense, dense, dense, {"type": "output"}],
+    ]
+    worst = 0
+    for i, blocks in enumerate(probes):
+        spec = ModelSpec.from_dict({"name": "probe", "input_shape": [1, 12, 12],
+                                    "classes": 10, "blocks": blocks})
+        model = fold(build_model(spec))
+        for wb in (8, 16, 32):
+            m = build_for_target(model, wb, target, Path(workdir) / f"p{i}_{wb}")
+            worst = max(worst, m.footprint.code_bytes)
+    return worst
