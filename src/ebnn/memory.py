@@ -1,0 +1,305 @@
+"""The memory plan of the C export: exact flash and RAM bytes, and a stack bound.
+
+:func:`plan_memory` is the single source of truth for the sizes of the generated C
+(:mod:`ebnn.codegen`): the generator sizes its static buffers from the plan and writes the
+plan's totals into ``<NAME>_FLASH_BYTES``, ``<NAME>_RAM_BYTES`` and ``<NAME>_STACK_BYTES``;
+the model summary and the architecture search read the same figures::
+
+    >>> plan = plan_memory(load_spec("ebnn-mnist"), word_bits=32)
+    >>> plan.flash_bytes, plan.ram_bytes, plan.stack_bytes
+    (4612, 980, 896)
+    >>> print(plan.to_table())          # doctest: +SKIP
+
+It takes an :class:`~ebnn.deploy.IntegerModel`, or a :class:`~ebnn.spec.ModelSpec` (the
+sizes depend only on shapes, so a search can plan a model before training it).
+
+What is counted (all in bytes, ``B = word_bits``; docs/FORMAT.md section 2 for packing):
+
+* **flash** (``const`` tables, one object in the C): per layer the packed binary weights
+  ``O * KH * KW * ceil(C/B) * B/8``; for bit layers the thresholds (``int32`` per channel)
+  and the flip bits (``ceil(O/B)`` words); for the output layer ``A`` and ``Bias``
+  (``int32`` per class); the first layer's input offsets (``int16`` per input channel);
+  and 0-3 bytes of padding (``flash_pad_bytes``) that make the object's size a multiple of
+  4, so it is the same on every architecture. Code is not counted.
+* **RAM** (static buffers): two ping-pong bit buffers, ``buffer_bytes[0]`` for the outputs
+  of layers 0, 2, 4... and ``buffer_bytes[1]`` for layers 1, 3, 5..., each sized for the
+  largest map it ever holds. A ``materialized`` conv layer stores its binary comparison
+  map (before pooling) in its own output buffer and pools it there in place, so that
+  buffer is sized for the map (``map_bytes``). ``predict``'s ``int32`` scores go in the
+  buffer the output layer's position would write (free at that point: the output layer
+  reads the other one). A first layer that is a convolution centres its input window
+  (``x - m_c``, ``int16``) once per conv position for all channels, in ``scratch_bytes``
+  of buffer 1 (free while layer 0 writes buffer 0). A buffer that holds scores or the
+  scratch is rounded up to a multiple of 4 bytes. The input belongs to the caller and is
+  reported separately as ``input_bytes``. No feature map of integers is ever stored.
+* **stack**: a fixed bound per architecture, :data:`STACK_BOUNDS`; see there for how it
+  is derived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .deploy import IntegerModel
+from .spec import ModelSpec
+
+WORD_BITS = (8, 16, 32)
+MODES = ("fused", "materialized")
+
+#: Upper bounds on the stack used by ``<name>_predict`` (and ``<name>_scores``), in bytes,
+#: per architecture (``avr``, ``arm`` for Cortex-M, ``host`` for anything else).
+#:
+#: The call chain is fixed by design and does not depend on the model: ``predict`` ->
+#: ``scores`` -> one layer driver -> ``ebnn_position`` -> ``ebnn_z`` -> ``ebnn_z_bits`` /
+#: ``ebnn_z_centred`` / ``ebnn_z_u8`` (no recursion, no arrays on the stack; every shape is
+#: a function argument, so deeper or wider models reuse the same frames; only the
+#: compiler's inlining decisions vary). The figures come from gcc's ``-fstack-usage`` and
+#: ``-fcallgraph-info=su`` on the generated code of many models (every word size, both
+#: modes, with and without early exit, 1 to 7 layers): the deepest call chain from
+#: ``predict`` was 440 bytes for arm-none-eabi-gcc 12 (Cortex-M0+ and M4, -O1..-O3/-Os)
+#: and 672 for x86-64 gcc 12; avr-gcc 5.4 has no call graph output, and the sum of *all*
+#: frames was at most 259 bytes (-Os; ATmega328P). Each bound adds at least 20 % margin.
+#: The emulators of :mod:`ebnn.targets` measured at most 428 (Cortex-M0+) and 200 (AVR)
+#: bytes, return addresses included. The bounds hold for optimised builds (-O1, -O2,
+#: -O3, -Os); -O0 keeps every local in memory and needs up to twice as much.
+#: tests/test_memory.py re-checks them.
+STACK_BOUNDS = {"avr": 320, "arm": 544, "host": 896}
+STACK_BYTES = max(STACK_BOUNDS.values())  # bound when the architecture is unknown
+
+
+def arch_of(target: str | None) -> str | None:
+    """``avr``/``arm``/``host`` for a target name (``atmega328p``, ``cortex-m4``, ...)."""
+    if target is None:
+        return None
+    t = target.lower()
+    if t.startswith(("avr", "atmega", "attiny", "atxmega")):
+        return "avr"
+    if t.startswith(("arm", "cortex")):
+        return "arm"
+    if t in ("host", "x86", "x86_64"):
+        return "host"
+    raise ValueError(f"unknown target {target!r}: use host, cortex-m..., arm, avr or atmega...")
+
+
+@dataclass
+class LayerPlan:
+    """One layer's bytes. Shapes are (H, W, C); ``buffer`` is the ping-pong buffer (0/1)
+    that holds the layer's output bits (or, for the output layer, predict's scores)."""
+
+    index: int
+    kind: str  # conv | dense | output
+    first: bool
+    mode: str  # fused | materialized (conv); "-" for dense and output layers
+    in_shape: tuple[int, int, int]
+    conv_shape: tuple[int, int, int]
+    out_shape: tuple[int, int, int]
+    weight_bytes: int
+    threshold_bytes: int  # int32 thresholds (bit layers)
+    flip_bytes: int  # packed flip bits (bit layers)
+    scale_bytes: int  # A and Bias, int32 each (output layer)
+    output_bytes: int  # packed output bits (bit layers) or int32 scores (output layer)
+    map_bytes: int  # materialized comparison map before pooling (0 when fused)
+    buffer: int
+
+    @property
+    def flash_bytes(self) -> int:
+        return self.weight_bytes + self.threshold_bytes + self.flip_bytes + self.scale_bytes
+
+
+@dataclass
+class MemoryPlan:
+    """Per-layer rows and the totals the generated header states."""
+
+    name: str
+    word_bits: int
+    layers: list[LayerPlan]
+    input_bytes: int  # uint8 input, HWC, owned by the caller
+    offset_bytes: int  # first-layer offsets table (flash)
+    buffer_bytes: tuple[int, int]  # the two ping-pong bit buffers (RAM)
+    score_buffer: int  # which of them also holds predict's int32 scores
+    score_bytes: int  # those scores (inside buffer_bytes[score_buffer])
+    scratch_bytes: int  # first conv layer's centred window (inside buffer_bytes[1])
+    flash_pad_bytes: int  # rounds the const tables object up to a multiple of 4 bytes
+    target: str | None = None
+    stack_bytes: int = STACK_BYTES  # bound for ``target`` (see STACK_BOUNDS)
+    modes: list[str] = field(default_factory=list)
+
+    @property
+    def flash_bytes(self) -> int:
+        """Bytes of the const model tables object (weights, thresholds, flips, scales,
+        offsets, padding)."""
+        return (self.offset_bytes + sum(layer.flash_bytes for layer in self.layers)
+                + self.flash_pad_bytes)
+
+    @property
+    def ram_bytes(self) -> int:
+        """Bytes of all static buffers of the generated code (scores included)."""
+        return sum(self.buffer_bytes)
+
+    @property
+    def peak_ram_bytes(self) -> int:
+        """Input + static buffers + stack bound: everything predict touches in RAM."""
+        return self.input_bytes + self.ram_bytes + self.stack_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(flash_bytes=self.flash_bytes, ram_bytes=self.ram_bytes,
+                 peak_ram_bytes=self.peak_ram_bytes)
+        return d
+
+    def to_table(self) -> str:
+        """A Markdown table: one row per layer, then the totals."""
+        head = ("| # | layer | mode | in (HWC) | out (HWC) | weights | thr | flip | scale "
+                "| out buf | map | buffer |\n|---|---|---|---|---|---:|---:|---:|---:|---:|"
+                "---:|---|\n")
+        rows = []
+        for r in self.layers:
+            kind = r.kind + (" (uint8 in)" if r.first else "")
+            buf = f"buf{r.buffer}" + (" (scores)" if r.kind == "output" else "")
+            rows.append(f"| {r.index} | {kind} | {r.mode} | {_hwc(r.in_shape)} | "
+                        f"{_hwc(r.out_shape)} | {r.weight_bytes} | {r.threshold_bytes} | "
+                        f"{r.flip_bytes} | {r.scale_bytes} | {r.output_bytes} | {r.map_bytes} "
+                        f"| {buf} |")
+        totals = (f"\nflash {self.flash_bytes} B (incl. offsets {self.offset_bytes} B), "
+                  f"RAM {self.ram_bytes} B (buffers {self.buffer_bytes[0]} + "
+                  f"{self.buffer_bytes[1]}, scores in buf{self.score_buffer}, scratch "
+                  f"{self.scratch_bytes}), input "
+                  f"{self.input_bytes} B, stack <= {self.stack_bytes} B, word {self.word_bits} "
+                  "bits")
+        return head + "\n".join(rows) + totals
+
+
+def _hwc(shape: tuple[int, int, int]) -> str:
+    return "x".join(str(v) for v in shape)
+
+
+def _words(channels: int, word_bits: int) -> int:
+    return -(-channels // word_bits)
+
+
+@dataclass
+class _Geometry:
+    kind: str
+    first: bool
+    mode: str
+    in_shape: tuple[int, int, int]  # HWC
+    kernel: tuple[int, int]
+    padding: int
+    pool: int
+    out_channels: int
+
+
+def _geometry(model: IntegerModel | ModelSpec) -> tuple[str, list[_Geometry], int]:
+    """(name, layers, input channels) from a folded model or a spec."""
+    if isinstance(model, IntegerModel):
+        layers = [_Geometry(lay.kind, lay.first, lay.mode, tuple(lay.in_shape), lay.kernel,
+                            lay.padding, lay.pool, lay.out_channels) for lay in model.layers]
+        return model.name, layers, int(model.input_shape[0])
+    if isinstance(model, ModelSpec):
+        layers = []
+        for s in model.shapes():
+            c, h, w = s.in_shape
+            b = s.block
+            if b.type == "conv":
+                g = _Geometry("conv", s.is_first, b.mode, (h, w, c), (b.kernel, b.kernel),
+                              b.padding, b.pool, b.filters)
+            else:
+                g = _Geometry(b.type, s.is_first, b.mode, (h, w, c), (h, w), 0, 1,
+                              s.out_shape[0])
+            layers.append(g)
+        return model.name, layers, int(model.input_shape[0])
+    raise TypeError(f"plan_memory takes an IntegerModel or a ModelSpec, not {type(model)}")
+
+
+def resolve_modes(model: IntegerModel | ModelSpec,
+                  modes: str | Sequence[str | None] | Mapping[int, str] | None = None
+                  ) -> list[str]:
+    """Each layer's C mode: ``fused``/``materialized`` for conv layers, ``-`` otherwise.
+
+    ``modes`` overrides the model's own choice (``IntLayer.mode``): one mode for every
+    conv layer, a list with one entry per layer (``None`` keeps the model's), or a dict
+    ``{layer index: mode}``. Dense and output layers have a single loop order and ignore it.
+    """
+    _, layers, _ = _geometry(model)
+    if modes is None:
+        chosen: list[str | None] = [None] * len(layers)
+    elif isinstance(modes, str):
+        chosen = [modes] * len(layers)
+    elif isinstance(modes, Mapping):
+        bad = [k for k in modes if not 0 <= int(k) < len(layers)]
+        if bad:
+            raise ValueError(f"modes: no layer {bad[0]} (the model has {len(layers)})")
+        chosen = [modes.get(i) for i in range(len(layers))]
+    else:
+        chosen = list(modes)
+        if len(chosen) != len(layers):
+            raise ValueError(f"modes: {len(chosen)} entries for {len(layers)} layers")
+    out = []
+    for g, m in zip(layers, chosen, strict=True):
+        m = m or g.mode or "fused"
+        if m not in MODES:
+            raise ValueError(f"unknown mode {m!r}; use one of {MODES}")
+        out.append(m if g.kind == "conv" else "-")
+    return out
+
+
+def plan_memory(model: IntegerModel | ModelSpec, word_bits: int = 32,
+                modes: str | Sequence[str | None] | Mapping[int, str] | None = None,
+                target: str | None = None) -> MemoryPlan:
+    """Exact flash/RAM bytes of the C export of ``model`` (see the module docstring).
+
+    ``target`` (``avr``, ``cortex-m4``, ``host``...) only chooses the stack bound; ``None``
+    gives the largest one.
+    """
+    if word_bits not in WORD_BITS:
+        raise ValueError(f"word_bits must be one of {WORD_BITS}, got {word_bits}")
+    arch = arch_of(target)
+    name, layers, in_channels = _geometry(model)
+    mode_list = resolve_modes(model, modes)
+    wbytes = word_bits // 8
+    rows: list[LayerPlan] = []
+    buffers = [0, 0]
+    score_buffer = (len(layers) - 1) % 2
+    score_bytes = 0
+    for i, (g, mode) in enumerate(zip(layers, mode_list, strict=True)):
+        h, w, c = g.in_shape
+        kh, kw = g.kernel
+        o = g.out_channels
+        hc, wc = h + 2 * g.padding - kh + 1, w + 2 * g.padding - kw + 1
+        ho, wo = hc // g.pool, wc // g.pool
+        weight_bytes = o * kh * kw * _words(c, word_bits) * wbytes
+        pixel_bytes = _words(o, word_bits) * wbytes
+        buf = i % 2  # layer i writes buffer i % 2 and reads the other one
+        if g.kind == "output":
+            score_bytes = 4 * o
+            row = LayerPlan(i, g.kind, g.first, mode, (h, w, c), (hc, wc, o), (ho, wo, o),
+                            weight_bytes, 0, 0, 8 * o, score_bytes, 0, buf)
+        else:
+            out_bytes = ho * wo * pixel_bytes
+            map_bytes = hc * wc * pixel_bytes if mode == "materialized" else 0
+            buffers[buf] = max(buffers[buf], out_bytes, map_bytes)
+            row = LayerPlan(i, g.kind, g.first, mode, (h, w, c), (hc, wc, o), (ho, wo, o),
+                            weight_bytes, 4 * o, pixel_bytes, 0, out_bytes, map_bytes, buf)
+        rows.append(row)
+    # The int16 scratch (first conv layer) lives in buffer 1, free during layer 0.
+    kh, kw = layers[0].kernel
+    scratch_bytes = 2 * kh * kw * in_channels if layers[0].kind == "conv" else 0
+    buffers[1] = max(buffers[1], scratch_bytes)
+    buffers[score_buffer] = max(buffers[score_buffer], score_bytes)
+    # Buffers that are unions with int32 scores or the int16 scratch: a multiple of 4
+    # bytes, so that their size is the same on every architecture.
+    for k in range(2):
+        if k == score_buffer or (k == 1 and scratch_bytes):
+            buffers[k] = -(-buffers[k] // 4) * 4
+    first = layers[0].in_shape
+    offset_bytes = 2 * in_channels
+    tables = offset_bytes + sum(r.flash_bytes for r in rows)
+    return MemoryPlan(name=name, word_bits=word_bits, layers=rows,
+                      input_bytes=first[0] * first[1] * first[2], offset_bytes=offset_bytes,
+                      buffer_bytes=(buffers[0], buffers[1]), score_buffer=score_buffer,
+                      score_bytes=score_bytes, scratch_bytes=scratch_bytes,
+                      flash_pad_bytes=-tables % 4, target=target,
+                      stack_bytes=STACK_BOUNDS[arch] if arch else STACK_BYTES,
+                      modes=mode_list)

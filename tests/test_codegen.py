@@ -1,0 +1,338 @@
+"""The C export computes bit for bit what the NumPy engine computes.
+
+Every model here is an untrained network with calibrated batch norms
+(:func:`ebnn.testing.calibrated_random_model`): random weights, negative batch-norm scales
+(flipped channels) and zero scales (constant channels). Each is exported, compiled on the
+host and run on random and extreme inputs; scores and predictions must equal
+:func:`ebnn.engine.scores` exactly, for every word size and both conv modes.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ebnn import engine, hostc
+from ebnn.codegen import export_c
+from ebnn.deploy import IntegerModel
+from ebnn.fold import fold
+from ebnn.memory import STACK_BOUNDS, plan_memory
+from ebnn.spec import ModelSpec
+from ebnn.testing import calibrated_random_model
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+
+
+def conv(filters: int, kernel: int = 3, padding: int = 0, pool: int = 1) -> dict:
+    return {"type": "conv", "filters": filters, "kernel": kernel, "padding": padding,
+            "pool": pool}
+
+
+# name: (input shape, classes, hidden blocks[, make_model options]); the output block is
+# appended.
+SHAPES = {
+    "mlp": ([20], 3, [{"type": "dense", "units": 40}, {"type": "dense", "units": 33}]),
+    "output_only": ([5], 2, []),
+    "conv_nopool_valid": ([1, 6, 5], 3, [conv(5)]),
+    "conv_pool_same_rgb": ([3, 9, 7], 4, [conv(31, padding=1, pool=2), conv(33, padding=1),
+                                          {"type": "dense", "units": 7}]),
+    "conv_k5_pool3_one_filter": ([2, 11, 10], 2, [conv(1, kernel=5, padding=2, pool=3)],
+                                 {"seed": 1, "constant": 0}),
+    "conv_40ch": ([1, 8, 8], 5, [conv(40, padding=1, pool=2), conv(5)]),
+    "conv_k2_same": ([1, 7, 6], 3, [conv(6, kernel=2, padding=1, pool=2), conv(8, kernel=1)]),
+}
+
+
+def make_model(shape: list[int], classes: int, blocks: list[dict], seed: int = 0,
+               constant: int = 1) -> IntegerModel:
+    spec = ModelSpec.from_dict({"name": "t", "input_shape": shape, "classes": classes,
+                                "blocks": [*blocks, {"type": "output"}]})
+    return fold(calibrated_random_model(spec, seed=seed, constant_channels=constant))
+
+
+def inputs_for(model: IntegerModel, n: int, seed: int = 0) -> np.ndarray:
+    """Random inputs plus the extremes (all 0, all 255, all at the offsets)."""
+    rng = np.random.default_rng(seed)
+    c, h, w = model.input_shape
+    x = rng.integers(0, 256, size=(n, c, h, w), dtype=np.uint8)
+    offsets = np.clip(model.input_offset, 0, 255).astype(np.uint8)
+    extremes = np.stack([np.zeros((c, h, w), np.uint8), np.full((c, h, w), 255, np.uint8),
+                         np.broadcast_to(offsets[:, None, None], (c, h, w))])
+    return np.concatenate([x, extremes])
+
+
+def assert_matches_engine(model: IntegerModel, x: np.ndarray, **options) -> None:
+    cm = hostc.convert(model, **options)
+    try:
+        ref = engine.scores(model, x)
+        np.testing.assert_array_equal(cm.scores(x), ref)
+        np.testing.assert_array_equal(cm.predict(x), np.argmax(ref, axis=1))
+    finally:
+        cm.close()
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, IntegerModel]:
+    return {name: make_model(*args[:3], **(args[3] if len(args) > 3 else {}))
+            for name, args in SHAPES.items()}
+
+
+@pytest.mark.parametrize("mode", ["fused", "materialized"])
+@pytest.mark.parametrize("word_bits", [8, 16, 32])
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_c_equals_engine(models, name, word_bits, mode):
+    model = models[name]
+    x = inputs_for(model, 120)
+    ref = engine.scores(model, x)
+    assert len(np.unique(ref, axis=0)) > 1, "inputs should not all give the same scores"
+    assert_matches_engine(model, x, word_bits=word_bits, modes=mode)
+
+
+@pytest.mark.parametrize("word_bits,mode", [(8, "fused"), (16, "materialized"),
+                                            (32, "fused"), (32, "materialized")])
+@pytest.mark.parametrize("name", ["mlp", "conv_pool_same_rgb", "conv_40ch"])
+def test_early_exit_changes_nothing(models, name, word_bits, mode):
+    assert_matches_engine(models[name], inputs_for(models[name], 120, seed=1),
+                          word_bits=word_bits, modes=mode, early_exit=True)
+
+
+def test_all_constant_and_all_flipped_channels():
+    """Every channel constant (a == 0), or every scale negative: still exact."""
+    blocks = [conv(9, padding=1, pool=2), {"type": "dense", "units": 12}]
+    spec = ModelSpec.from_dict({"name": "t", "input_shape": [2, 6, 6], "classes": 3,
+                                "blocks": [*blocks, {"type": "output"}]})
+    constant = fold(calibrated_random_model(spec, seed=3, constant_channels=12))
+    flipped = fold(calibrated_random_model(spec, seed=4, negative_fraction=1.0))
+    assert flipped.layers[0].flip.all() and flipped.layers[1].flip.all()
+    for model in (constant, flipped):
+        assert_matches_engine(model, inputs_for(model, 60), word_bits=8, modes="materialized")
+        assert_matches_engine(model, inputs_for(model, 60), word_bits=32)
+
+
+# ---- property test ----------------------------------------------------------------------
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_property_random_specs(data):
+    c = data.draw(st.integers(1, 4), label="channels")
+    h0, w0 = data.draw(st.integers(1, 7), label="h"), data.draw(st.integers(1, 7), label="w")
+    h, w = h0, w0
+    blocks = []
+    for _ in range(data.draw(st.integers(0, 2), label="convs")):
+        kernel = data.draw(st.integers(1, 3), label="kernel")
+        padding = data.draw(st.sampled_from([0, kernel // 2]), label="padding")
+        hc, wc = h + 2 * padding - kernel + 1, w + 2 * padding - kernel + 1
+        if hc < 1 or wc < 1:
+            break
+        pool = data.draw(st.integers(1, min(2, hc, wc)), label="pool")
+        blocks.append(conv(data.draw(st.integers(1, 40), label="filters"), kernel, padding,
+                           pool))
+        h, w = hc // pool, wc // pool
+    if data.draw(st.booleans(), label="dense"):
+        blocks.append({"type": "dense", "units": data.draw(st.integers(1, 40), label="units")})
+    classes = data.draw(st.integers(2, 5), label="classes")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    model = make_model([c, h0, w0], classes, blocks, seed=seed,
+                       constant=data.draw(st.integers(0, 2), label="constant"))
+    assert_matches_engine(model, inputs_for(model, 40, seed=seed),
+                          word_bits=data.draw(st.sampled_from([8, 16, 32]), label="word"),
+                          modes=data.draw(st.sampled_from(["fused", "materialized"]),
+                                          label="mode"),
+                          early_exit=data.draw(st.booleans(), label="early_exit"))
+
+
+# ---- the generated code itself ------------------------------------------------------------
+RUNNER = r"""
+#include <stdio.h>
+#include "{name}_model.h"
+
+int main(int argc, char **argv)
+{{
+    static uint8_t x[{up}_INPUT_BYTES];
+    int32_t s[{up}_CLASSES];
+    int j;
+    FILE *f = fopen(argv[1], "rb");
+    (void)argc;
+    printf("%d %d %d %d %d %d\n", {up}_FLASH_BYTES, {up}_RAM_BYTES, {up}_STACK_BYTES,
+           {up}_INPUT_BYTES, {up}_CLASSES, {up}_SCORE_SHIFT);
+    while (fread(x, 1, sizeof x, f) == sizeof x) {{
+        printf("%d", {name}_predict(x));
+        {name}_scores(x, s);
+        for (j = 0; j < {up}_CLASSES; j++) {{
+            printf(" %ld", (long)s[j]);
+        }}
+        printf("\n");
+    }}
+    fclose(f);
+    return 0;
+}}
+"""
+
+
+def build_runner(export, flags: list[str]) -> Path:
+    src = export.out_dir / "runner.c"
+    src.write_text(RUNNER.format(name=export.name, up=export.name.upper()))
+    exe = export.out_dir / "runner"
+    subprocess.run(["gcc", *flags, "-I", str(export.out_dir), str(export.source), str(src),
+                    "-o", str(exe)], check=True, capture_output=True, text=True)
+    return exe
+
+
+@pytest.mark.parametrize("name,word_bits,mode,early_exit", [
+    ("conv_pool_same_rgb", 8, "fused", False), ("conv_pool_same_rgb", 16, "materialized", True),
+    ("conv_k2_same", 32, "materialized", False), ("mlp", 32, "fused", True)])
+def test_sanitizers_and_header_figures(models, tmp_path, name, word_bits, mode, early_exit):
+    """A stand-alone program built with ASan+UBSan reads inputs from a file: clean run,
+    same results as the engine, and the header's figures are the plan's."""
+    model = models[name]
+    export = export_c(model, tmp_path, word_bits=word_bits, modes=mode, early_exit=early_exit,
+                      target="host")
+    exe = build_runner(export, ["-std=c99", "-O1", "-g", "-fsanitize=address,undefined",
+                                "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"])
+    x = inputs_for(model, 50, seed=2)
+    (tmp_path / "inputs.bin").write_bytes(engine.to_hwc(model, x).tobytes())
+    proc = subprocess.run([str(exe), str(tmp_path / "inputs.bin")], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    lines = proc.stdout.splitlines()
+    plan = plan_memory(model, word_bits, mode, target="host")
+    assert [int(v) for v in lines[0].split()] == [
+        plan.flash_bytes, plan.ram_bytes, STACK_BOUNDS["host"], plan.input_bytes,
+        model.classes, model.layers[-1].shift]
+    out = np.array([[int(v) for v in line.split()] for line in lines[1:]])
+    ref = engine.scores(model, x)
+    np.testing.assert_array_equal(out[:, 1:], ref)
+    np.testing.assert_array_equal(out[:, 0], np.argmax(ref, axis=1))
+
+
+def test_header_states_the_plan(models, tmp_path):
+    model = models["conv_40ch"]
+    export = export_c(model, tmp_path, word_bits=16, modes="materialized", name="Digits-2")
+    assert export.name == "digits_2"
+    header = export.header.read_text()
+    defines = dict(re.findall(r"#define (DIGITS_2_\w+) (\d+)", header))
+    plan = export.memory
+    assert int(defines["DIGITS_2_FLASH_BYTES"]) == plan.flash_bytes
+    assert int(defines["DIGITS_2_RAM_BYTES"]) == plan.ram_bytes
+    assert int(defines["DIGITS_2_INPUT_BYTES"]) == plan.input_bytes == 64
+    assert int(defines["DIGITS_2_CLASSES"]) == 5
+    assert int(defines["DIGITS_2_WORD_BITS"]) == 16
+    assert int(defines["DIGITS_2_STACK_BYTES"]) == plan.stack_bytes == max(STACK_BOUNDS.values())
+    for target, arch in (("atmega328p", "avr"), ("cortex-m4", "arm"), ("host", "host")):
+        header = export_c(model, tmp_path / target, word_bits=16, target=target).header
+        (stack,) = re.findall(r"#define T_STACK_BYTES (\d+)", header.read_text())
+        assert int(stack) == STACK_BOUNDS[arch] == plan_memory(model, 16, target=target).stack_bytes
+
+
+STRICT = list(hostc.STRICT_FLAGS)
+
+
+@pytest.mark.parametrize("popcount", ["SWAR", "NIBBLE", "BYTE_TABLE", "BUILTIN"])
+def test_strict_warnings_every_variant(tmp_path, popcount):
+    """-std=c99 -Wall -Wextra -Wpedantic -Wconversion -Wshadow -Werror for every word size,
+    both kernels (one fused and one materialized layer), with and without early exit."""
+    model = make_model([3, 9, 7], 4, [conv(31, padding=1, pool=2), conv(33, padding=1, pool=2)])
+    for word_bits in (8, 16, 32):
+        for early_exit in (False, True):
+            d = tmp_path / f"{word_bits}{early_exit}"
+            export_c(model, d, word_bits=word_bits, modes=["fused", "materialized", None],
+                     early_exit=early_exit)
+            hostc.compile_check(d, [*STRICT, "-O2", f"-DEBNN_POPCOUNT_{popcount}"])
+
+
+CROSS = {
+    "arm-none-eabi-gcc": ["-mcpu=cortex-m0plus", "-mthumb"],
+    "avr-gcc": ["-mmcu=atmega328p"],
+}
+
+
+@pytest.mark.parametrize("compiler", list(CROSS))
+def test_strict_warnings_cross_compilers(models, tmp_path, compiler):
+    if shutil.which(compiler) is None:
+        pytest.skip(f"{compiler} not installed")
+    for word_bits in (8, 32):
+        d = tmp_path / str(word_bits)
+        export_c(models["conv_pool_same_rgb"], d, word_bits=word_bits, early_exit=True)
+        hostc.compile_check(d, [*CROSS[compiler], *STRICT, "-Os"], compiler=compiler)
+
+
+def _symbol_sizes(obj: Path) -> dict[str, list[tuple[str, int]]]:
+    out = subprocess.run(["nm", "-S", "--size-sort", str(obj)], capture_output=True,
+                         text=True, check=True).stdout
+    kinds: dict[str, list[tuple[str, int]]] = {}
+    for line in out.splitlines():
+        _, size, kind, sym = line.split()
+        kinds.setdefault(kind.lower(), []).append((sym, int(size, 16)))
+    return kinds
+
+
+@pytest.mark.parametrize("opt", ["-O0", "-O2", "-Os"])
+@pytest.mark.parametrize("name,word_bits,mode", [
+    ("conv_pool_same_rgb", 8, "fused"), ("conv_40ch", 16, "materialized"),
+    ("mlp", 32, "fused"), ("output_only", 8, "fused"), ("conv_k2_same", 32, "materialized")])
+def test_object_sizes_equal_plan(models, tmp_path, name, word_bits, mode, opt):
+    """nm: the .bss symbols are exactly RAM_BYTES, the .rodata ones exactly FLASH_BYTES,
+    and there is no initialised RAM (.data) at all."""
+    export = export_c(models[name], tmp_path, word_bits=word_bits, modes=mode)
+    (obj,) = hostc.compile_check(tmp_path, ["-std=c99", opt])
+    kinds = _symbol_sizes(obj)
+    assert sum(size for _, size in kinds.get("b", [])) == export.memory.ram_bytes
+    assert sum(size for _, size in kinds.get("r", [])) == export.memory.flash_bytes
+    assert "d" not in kinds
+    assert {sym for sym, _ in kinds["r"]} == {f"{export.name}_tables"}
+
+
+def test_generated_code_is_plain_c99(models, tmp_path):
+    export = export_c(models["conv_pool_same_rgb"], tmp_path, word_bits=8, early_exit=True)
+    allowed = {"stdint.h", "stddef.h", "avr/pgmspace.h", "ebnn_runtime.h", "ebnn_popcount.h",
+               f"{export.name}_model.h"}
+    for path in export.files:
+        text = re.sub(r"/\*.*?\*/", "", path.read_text(), flags=re.S)  # code, not comments
+        assert set(re.findall(r"#include [<\"](.+?)[>\"]", text)) <= allowed, path.name
+        for word in ("malloc", "calloc", "realloc", "free", "float", "double", "alloca"):
+            assert not re.search(rf"\b{word}\b", text), (path.name, word)
+    assert {p.name for p in export.files} == {"t_model.c", "t_model.h", "ebnn_runtime.h",
+                                              "ebnn_popcount.h"}
+
+
+# ---- API ---------------------------------------------------------------------------------
+def test_convert_accepts_bnn_and_model_file(tmp_path):
+    spec = ModelSpec.from_dict({"name": "digits-like", "input_shape": [1, 8, 8], "classes": 10,
+                                "blocks": [conv(8, padding=1, pool=2), {"type": "output"}]})
+    net = calibrated_random_model(spec, seed=5)
+    model = fold(net)
+    x = inputs_for(model, 30)
+    ref = engine.scores(model, x)
+    path = model.save(tmp_path / "m.ebnn")
+    for source in (net, path, str(path)):
+        cm = hostc.convert(source, word_bits=16)
+        np.testing.assert_array_equal(cm.scores(x), ref)
+        assert cm.memory.word_bits == 16 and cm.name == "digits_like"
+    saved = cm.save(tmp_path / "out")
+    assert saved.source.exists() and saved.header.exists()
+    assert not list((tmp_path / "out").glob("*batch*")), "the host shim is not exported"
+    np.testing.assert_array_equal(cm.predict(x.reshape(len(x), -1)), np.argmax(ref, axis=1))
+    with pytest.raises(TypeError, match="uint8"):
+        cm.predict(x.astype(np.int32))
+
+
+def test_export_refuses_bad_options(models, tmp_path):
+    model = models["mlp"]
+    with pytest.raises(ValueError, match="word_bits"):
+        export_c(model, tmp_path, word_bits=64)
+    with pytest.raises(ValueError, match="target"):
+        export_c(model, tmp_path, target="pdp11")
+    with pytest.raises(ValueError, match="mode"):
+        export_c(models["conv_40ch"], tmp_path, modes="lazy")
+    with pytest.raises(ValueError, match="clashes"):
+        export_c(model, tmp_path, name="ebnn_output")  # ebnn_output_scores is the runtime's
+    with pytest.raises(hostc.CompileError, match="error"):
+        (tmp_path / "bad").mkdir()
+        (tmp_path / "bad" / "x.c").write_text("int f(void) { return }\n")
+        hostc.compile_check(tmp_path / "bad")
