@@ -2,7 +2,9 @@
 
     ebnn train --data digits --model digits --epochs 30 --out digits.pt
     ebnn eval digits.pt --data digits --split test [--json]
-    ebnn summary digits.pt|PRESET [--json]
+    ebnn summary digits.pt|digits.ebnn|PRESET [--json]
+    ebnn fold digits.pt --out digits.ebnn
+    ebnn export digits.ebnn --out digits_c/ [--format arduino] [--early-exit]
     ebnn spec PRESET > my-model.json
     ebnn build digits.pt --target cortex-m4 --out build/m4 [--json]
     ebnn bench digits.pt --target atmega328p --data digits --images 50 [--json]
@@ -80,43 +82,123 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
-    from .data import FeatureQuantizer, load_dataset
-    from .train import check_data, evaluate
+def _is_model_file(path: str | Path) -> bool:
+    from .deploy import is_model_file
 
-    ck = load_checkpoint(args.checkpoint)
-    quantizer = FeatureQuantizer.from_dict(ck.quantizer) if ck.quantizer else None
-    ds = load_dataset(args.data, args.split, args.data_dir, quantizer=quantizer,
-                      class_names=ck.meta.get("class_names"))
-    check_data(ck.spec, ds, f"{args.data} {args.split}")
-    metrics = evaluate(ck.model, ds)
-    if args.json:
-        _print_json({**metrics, "checkpoint": str(args.checkpoint), "data": ds.name,
-                     "split": args.split})
+    return is_model_file(path)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Accuracy of a checkpoint (PyTorch) or a deployable model (integer engine or C)."""
+    from .data import FeatureQuantizer, load_dataset
+
+    deployable = _is_model_file(args.checkpoint)
+    engine = args.engine or ("integer" if deployable else "torch")
+    if deployable and engine == "torch":
+        raise ValueError(f"{args.checkpoint} is a deployable model: use --engine integer or c")
+    if engine == "torch":
+        from .checkpoint import load_checkpoint
+        from .train import check_data, evaluate
+
+        ck = load_checkpoint(args.checkpoint)
+        quantizer, spec, names = ck.quantizer, ck.spec, ck.meta.get("class_names")
     else:
+        from .fold import load_integer_model
+        from .spec import ModelSpec
+
+        imodel = load_integer_model(args.checkpoint)
+        quantizer, spec = imodel.quantizer, ModelSpec.from_dict(imodel.spec)
+        names = imodel.class_names
+    ds = load_dataset(args.data, args.split, args.data_dir,
+                      quantizer=FeatureQuantizer.from_dict(quantizer) if quantizer else None,
+                      class_names=names)
+    if engine == "torch":
+        check_data(spec, ds, f"{args.data} {args.split}")
+        metrics = evaluate(ck.model, ds)
+    else:
+        from .train import check_data
+
+        check_data(spec, ds, f"{args.data} {args.split}")
+        if engine == "c":
+            from .hostc import convert
+
+            predictions = convert(imodel).predict(ds.x)
+        else:
+            from . import engine as np_engine
+
+            predictions = np_engine.predict(imodel, ds.x)
+        metrics = {"accuracy": float((predictions == ds.y).mean()), "n": len(ds)}
+    if args.json:
+        _print_json({**metrics, "model": str(args.checkpoint), "engine": engine,
+                     "data": ds.name, "split": args.split})
+    else:
+        loss = f", mean loss {metrics['loss']:.4f}" if "loss" in metrics else ""
         print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} examples "
-              f"({ds.name} {args.split}), mean loss {metrics['loss']:.4f}")
+              f"({ds.name} {args.split}, {engine}){loss}")
     return 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .spec import PRESETS, load_spec
+    """Per-layer table of a preset, spec file, checkpoint or deployable model, plus the
+    C export's memory plan (the figures its header states)."""
+    from .memory import plan_memory
+    from .spec import PRESETS, ModelSpec, load_spec
     from .summary import summarize
 
     path = Path(args.model)
     if args.model not in PRESETS and path.is_file() and \
             path.suffix.lower() not in (".json", ".yaml", ".yml"):
-        from .checkpoint import load_checkpoint
+        from .fold import load_integer_model
 
-        spec = load_checkpoint(path).spec
+        imodel = load_integer_model(path)
+        spec, planned = ModelSpec.from_dict(imodel.spec), imodel
     else:
         spec = load_spec(args.model)
+        planned = spec
     summary = summarize(spec)
+    plan = plan_memory(planned, args.word_bits, args.modes, target=args.target)
     if args.json:
-        _print_json(summary.to_dict())
+        _print_json({**summary.to_dict(), "export": plan.to_dict()})
     else:
         print(summary.to_table())
+        print()
+        print(f"C export ({args.word_bits}-bit words"
+              f"{', target ' + args.target if args.target else ''}):")
+        print(plan.to_table())
+    return 0
+
+
+def cmd_fold(args: argparse.Namespace) -> int:
+    """Checkpoint → deployable integer model file (.ebnn)."""
+    from .fold import load_integer_model
+
+    model = load_integer_model(args.checkpoint)
+    model.save(args.out)
+    print(f"saved {args.out}: {len(model.layers)} layers, input {list(model.input_shape)}, "
+          f"{model.classes} classes")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Checkpoint or .ebnn → C sources (or an Arduino library)."""
+    from .fold import load_integer_model
+
+    model = load_integer_model(args.model)
+    if args.format == "arduino":
+        from .arduino import export_arduino
+
+        path = export_arduino(model, args.out, name=args.name)
+        print(f"wrote Arduino library {path}")
+        return 0
+    from .codegen import export_c
+
+    result = export_c(model, args.out, name=args.name, word_bits=args.word_bits,
+                      modes=args.modes, early_exit=args.early_exit, target=args.target)
+    plan = result.memory
+    print(f"wrote {', '.join(p.name for p in result.files)} to {result.out_dir}")
+    print(f"{result.name.upper()}_FLASH_BYTES {plan.flash_bytes}, "
+          f"{result.name.upper()}_RAM_BYTES {plan.ram_bytes}, "
+          f"stack bound {plan.stack_bytes}, input {plan.input_bytes} bytes")
     return 0
 
 
@@ -161,6 +243,15 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="where a named source's files are")
 
 
+def _add_export_args(p: argparse.ArgumentParser, modes_default: str | None) -> None:
+    p.add_argument("--word-bits", type=int, choices=[8, 16, 32], default=32,
+                   help="packing word of the C export (8 or 16 may suit AVR)")
+    p.add_argument("--modes", choices=["fused", "materialized"], default=modes_default,
+                   help="conv layer mode for every layer (default: as in the model spec)")
+    p.add_argument("--target", help="target the stack bound is stated for "
+                                    "(host, cortex-m0plus, cortex-m4, atmega328p)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -201,17 +292,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="accuracy of a checkpoint on a data set")
-    p.add_argument("checkpoint", type=Path, metavar="FILE")
+    p = sub.add_parser("eval", help="accuracy of a checkpoint or .ebnn model on a data set")
+    p.add_argument("checkpoint", type=Path, metavar="FILE", help="a checkpoint or .ebnn file")
     _add_data_args(p)
     p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--engine", choices=["torch", "integer", "c"],
+                   help="torch (float, checkpoints only), integer (NumPy engine) or c "
+                        "(generated C compiled for this machine); default: torch for a "
+                        "checkpoint, integer for a .ebnn file")
     p.add_argument("--json", action="store_true", help="print JSON (accuracy is a fraction)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("summary", help="per-layer parameters, bytes and operations")
-    p.add_argument("model", metavar="FILE|PRESET", help="a checkpoint, spec file or preset")
+    p = sub.add_parser("summary", help="per-layer parameters, bytes, operations and the "
+                                       "C export's flash and RAM")
+    p.add_argument("model", metavar="FILE|PRESET",
+                   help="a checkpoint, .ebnn file, spec file or preset")
+    _add_export_args(p, modes_default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("fold", help="fold a checkpoint into a deployable integer model")
+    p.add_argument("checkpoint", type=Path, metavar="FILE")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE.ebnn")
+    p.set_defaults(func=cmd_fold)
+
+    p = sub.add_parser("export", help="generate dependency-free C (or an Arduino library)")
+    p.add_argument("model", type=Path, metavar="FILE", help="a checkpoint or .ebnn file")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--format", choices=["c", "arduino"], default="c")
+    p.add_argument("--name", help="C identifier prefix (default: the model's name)")
+    _add_export_args(p, modes_default=None)
+    p.add_argument("--early-exit", action="store_true",
+                   help="stop each binary neuron once its output is decided (same results)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("spec", help="print a preset's spec as JSON (a start for your own)")
     p.add_argument("preset", metavar="PRESET")
