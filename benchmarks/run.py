@@ -1,0 +1,44 @@
+"""`make bench`: run every benchmark in order; each rewrites its section of BENCHMARKS.md.
+
+    python benchmarks/run.py              # everything (hours on 2 cores: it trains models)
+    python benchmarks/run.py train mcu    # some of them
+
+Later benchmarks reuse the checkpoints the training benchmark leaves in build/bench/.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ORDER = {
+    "train": ["bench_train.py"],
+    "host": ["bench_host.py", "--model", "build/bench/mnist.pt", "--write"],
+    "memory": ["bench_memory.py"],
+    "mcu": ["bench_mcu.py", "--model", "build/bench/mnist.pt", "--images", "10000"],
+    "early-exit": ["bench_early_exit.py", "--model", "build/bench/mnist.pt"],
+    "search": ["bench_search.py"],
+}
+
+
+def main(names: list[str]) -> int:
+    failed = []
+    for name in names or list(ORDER):
+        script, *args = ORDER[name]
+        start = time.perf_counter()
+        print(f"== {name}: python benchmarks/{script} {' '.join(args)}", flush=True)
+        rc = subprocess.run([sys.executable, str(HERE / script), *args],
+                            cwd=HERE.parent).returncode
+        print(f"== {name}: exit {rc} after {time.perf_counter() - start:.0f} s", flush=True)
+        if rc:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
