@@ -406,19 +406,19 @@ SECTIONS
         . = ALIGN(4);
     }} > FLASH
     .ARM.exidx : {{ *(.ARM.exidx* .gnu.linkonce.armexidx.*) }} > FLASH
+    /* The end alignments lie outside .data and .bss so that the section sizes are the
+       bytes of their objects (ebnn.mcu checks them against the generated header). */
     .data : {{
         __data_start = .;
         *(.data .data.*)
-        . = ALIGN(4);
-        __data_end = .;
     }} > RAM AT > FLASH
+    __data_end = ALIGN(4);
     __data_load = LOADADDR(.data);
     .bss (NOLOAD) : {{
         __bss_start = .;
         *(.bss .bss.* COMMON)
-        . = ALIGN(8);
-        __bss_end = .;
     }} > RAM
+    __bss_end = ALIGN(8);
     __flash_start = ORIGIN(FLASH);
     __flash_end = ORIGIN(FLASH) + LENGTH(FLASH);
     __ram_start = ORIGIN(RAM);
