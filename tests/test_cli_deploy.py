@@ -100,3 +100,14 @@ def test_commands_exist_in_the_installed_entry_point():
                             text=True)
     for command in ("train", "eval", "summary", "fold", "export", "build", "bench", "search"):
         assert command in result.stdout
+
+
+def test_train_picks_batch_size_from_memory_budget(tmp_path, capsys):
+    assert main(["train", "--data", "digits", "--model", "digits", "--epochs", "1",
+                 "--memory-efficient", "--max-train-memory", "64MB", "--no-progress",
+                 "--out", str(tmp_path / "d.pt")]) == 0
+    err = capsys.readouterr().err
+    batch = int(re.search(r"batch size (\d+): the largest", err).group(1))
+    assert batch >= 2
+    assert main(["train", "--data", "digits", "--model", "digits", "--epochs", "1",
+                 "--max-train-memory", "1KB", "--out", str(tmp_path / "e.pt")]) == 2

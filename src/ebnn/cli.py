@@ -54,6 +54,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = load_spec(args.model)
     if spec.input_shape != ds.input_shape or spec.classes != ds.classes:
         spec = spec.with_input(ds.input_shape, ds.classes)  # presets work on any data set
+    if args.max_train_memory:
+        from dataclasses import replace
+
+        from .memeff import choose_batch_size
+
+        batch = choose_batch_size(spec, args.max_train_memory,
+                                  memory_efficient=args.memory_efficient)
+        config = replace(config, batch_size=batch)
+        _err(f"batch size {batch}: the largest whose measured training footprint fits in "
+             f"{args.max_train_memory}")
     if config.val_fraction > 0:
         train_ds, val_ds = train_val_split(ds, config.val_fraction, config.seed)
     else:
@@ -282,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--augment-shift", type=int, default=0, metavar="PIXELS",
                    help="random shifts of up to PIXELS in each direction (0: off)")
+    p.add_argument("--max-train-memory", metavar="SIZE",
+                   help="choose the largest batch size whose measured footprint fits "
+                        "(e.g. 64MB)")
     p.add_argument("--memory-efficient", action="store_true",
                    help="train with less activation memory (ebnn.memeff)")
     p.add_argument("--early-exit-reg", type=float, default=0.0, metavar="L",
