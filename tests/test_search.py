@@ -236,7 +236,8 @@ def test_interrupted_search_resumes_the_trial(tmp_path):
     # Two possible candidates (d32, d64): quick models.
     cmd = [sys.executable, "-m", "ebnn.cli", "search", "--data", "digits", "--ram", "800",
            "--flash", "12KB", "--first", "dense", "--units", "32,64", "--max-dense-blocks", "1",
-           "--epochs", "6", "--trials", "2", "--final-epochs", "1", "--threads", "1",
+           # Enough epochs that the interrupt below always lands mid-training.
+           "--epochs", "40", "--trials", "2", "--final-epochs", "1", "--threads", "1",
            "--out", str(out)]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
