@@ -15,7 +15,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = {
-    "train": ["bench_train.py"],
+    "train": ["bench_train.py"],  # leaves build/bench/{mnist,mnist-2kb,fashion,mlp}.pt
+    "agreement": ["bench_agreement.py", "--model", "build/bench/mnist-2kb.pt"],
     "host": ["bench_host.py", "--model", "build/bench/mnist.pt", "--write"],
     "memory": ["bench_memory.py"],
     "mcu": ["bench_mcu.py", "--model", "build/bench/mnist.pt", "--images", "10000"],
