@@ -4,7 +4,10 @@ Every model here is an untrained network with calibrated batch norms
 (:func:`ebnn.testing.calibrated_random_model`): random weights, negative batch-norm scales
 (flipped channels) and zero scales (constant channels). Each is exported, compiled on the
 host and run on random and extreme inputs; scores and predictions must equal
-:func:`ebnn.engine.scores` exactly, for every word size and both conv modes.
+:func:`ebnn.engine.scores` exactly, for every word size, both conv modes, every way of
+counting mismatches (``EBNN_MISM_MODE`` 0, 1, 2), with and without early exit (every
+check interval, stored tap orders), and on the emulated Cortex-M0+, Cortex-M4 and
+ATmega328P.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ebnn import engine, hostc
-from ebnn.codegen import export_c
+from ebnn.codegen import EARLY_EXIT_BITS, choose_word_bits, early_exit_interval, export_c
+from ebnn.codegen.kernels import uses_tables
 from ebnn.deploy import IntegerModel
+from ebnn.early_exit import set_tap_order
 from ebnn.fold import fold
 from ebnn.memory import STACK_BOUNDS, plan_memory
 from ebnn.spec import ModelSpec
@@ -78,6 +83,56 @@ def assert_matches_engine(model: IntegerModel, x: np.ndarray, **options) -> None
         cm.close()
 
 
+SCORES_RUNNER = r"""
+#include <stdio.h>
+#include "{name}_model.h"
+
+int main(int argc, char **argv)
+{{
+    static uint8_t x[{up}_INPUT_BYTES];
+    int32_t s[{up}_CLASSES];
+    int j;
+    FILE *f = fopen(argv[1], "rb");
+    (void)argc;
+    while (fread(x, 1, sizeof x, f) == sizeof x) {{
+        printf("%d", {name}_predict(x));
+        {name}_scores(x, s);
+        for (j = 0; j < {up}_CLASSES; j++) {{
+            printf(" %ld", (long)s[j]);
+        }}
+        printf("\n");
+    }}
+    fclose(f);
+    return 0;
+}}
+"""
+
+
+def c_outputs(model: IntegerModel, x: np.ndarray, out_dir: Path,
+              cflags: tuple[str, ...] = ("-O1",), **options) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and scores of the C export (any export_c option, e.g. the early-exit
+    interval, which ebnn.hostc does not take) built with ``cflags`` into a program."""
+    export = export_c(model, out_dir, **options)
+    runner = out_dir / "runner.c"
+    runner.write_text(SCORES_RUNNER.format(name=export.name, up=export.name.upper()))
+    exe = out_dir / "runner"
+    subprocess.run(["gcc", "-std=c99", *cflags, "-I", str(out_dir), str(export.source),
+                    str(runner), "-o", str(exe)], check=True, capture_output=True, text=True)
+    (out_dir / "inputs.bin").write_bytes(engine.to_hwc(model, x).tobytes())
+    out = subprocess.run([str(exe), str(out_dir / "inputs.bin")], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    rows = np.array([[int(v) for v in line.split()] for line in out.splitlines()])
+    return rows[:, 0], rows[:, 1:]
+
+
+def assert_c_matches_engine(model: IntegerModel, x: np.ndarray, out_dir: Path,
+                            cflags: tuple[str, ...] = ("-O1",), **options) -> None:
+    labels, got = c_outputs(model, x, out_dir, cflags, **options)
+    ref = engine.scores(model, x)
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(labels, np.argmax(ref, axis=1))
+
+
 @pytest.fixture(scope="module")
 def models() -> dict[str, IntegerModel]:
     return {name: make_model(*args[:3], **(args[3] if len(args) > 3 else {}))
@@ -117,9 +172,11 @@ def test_all_constant_and_all_flipped_channels():
 
 
 # ---- property test ----------------------------------------------------------------------
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
-def test_property_random_specs(data):
+def test_property_random_specs(tmp_path_factory, data):
+    """Random shapes (maps smaller than the kernel, one-pixel maps, many channels...),
+    word sizes, modes, mismatch modes, early exit with random tap orders and intervals."""
     c = data.draw(st.integers(1, 4), label="channels")
     h0, w0 = data.draw(st.integers(1, 7), label="h"), data.draw(st.integers(1, 7), label="w")
     h, w = h0, w0
@@ -140,11 +197,138 @@ def test_property_random_specs(data):
     seed = data.draw(st.integers(0, 2**16), label="seed")
     model = make_model([c, h0, w0], classes, blocks, seed=seed,
                        constant=data.draw(st.integers(0, 2), label="constant"))
-    assert_matches_engine(model, inputs_for(model, 40, seed=seed),
-                          word_bits=data.draw(st.sampled_from([8, 16, 32]), label="word"),
-                          modes=data.draw(st.sampled_from(["fused", "materialized"]),
-                                          label="mode"),
-                          early_exit=data.draw(st.booleans(), label="early_exit"))
+    early_exit = data.draw(st.booleans(), label="early_exit")
+    if early_exit and data.draw(st.booleans(), label="tap_order"):
+        rng = np.random.default_rng(seed)
+        for layer in model.layers:
+            if not layer.first and layer.kind != "output":
+                layer.tap_order = rng.permutation(layer.kernel[0] * layer.kernel[1])
+    mism = data.draw(st.sampled_from([0, 1, 2]), label="mism_mode")
+    assert_c_matches_engine(model, inputs_for(model, 40, seed=seed),
+                            tmp_path_factory.mktemp("prop"),
+                            ("-O1", f"-DEBNN_MISM_MODE={mism}"),
+                            word_bits=data.draw(st.sampled_from([8, 16, 32]), label="word"),
+                            modes=data.draw(st.sampled_from(["fused", "materialized"]),
+                                            label="mode"),
+                            early_exit=early_exit,
+                            early_exit_every=data.draw(st.sampled_from([1, 2, 4]), label="k"))
+
+
+# ---- early exit --------------------------------------------------------------------------
+@pytest.mark.parametrize("every", [1, 2, 4])
+def test_early_exit_tap_order_and_interval(tmp_path, every):
+    """The decisive tap order stored in the model and check intervals k = 1, 2, 4: same
+    outputs as the engine for every word size and mismatch mode (straight-line interior
+    code, guarded border code, long dense windows through ebnn_mism)."""
+    x = inputs_for(make_model([3, 9, 7], 4, []), 60, seed=3)
+    ordered = set_tap_order(make_model([3, 9, 7], 4, SHAPES["conv_pool_same_rgb"][2]), x[:30])
+    assert ordered.layers[1].tap_order is not None
+    assert not np.array_equal(ordered.layers[1].tap_order, np.arange(9))
+    for word_bits, mism, mode in ((8, 0, "fused"), (16, 1, "materialized"), (32, 2, "fused"),
+                                  (8, 2, "materialized")):
+        assert_c_matches_engine(ordered, x, tmp_path / f"{word_bits}{mism}",
+                                ("-O1", f"-DEBNN_MISM_MODE={mism}"), word_bits=word_bits,
+                                modes=mode, early_exit=True, early_exit_every=every)
+
+
+def test_early_exit_interval_table(models, tmp_path):
+    """The per-target interval: bits per check over the word size, at least 1 word; the
+    generated code states it, and the export records it."""
+    for target in ("cortex-m4", "cortex-m0plus", "atmega328p"):
+        for word_bits in (8, 16, 32):
+            assert early_exit_interval(target, word_bits) == max(
+                1, EARLY_EXIT_BITS[target] // word_bits)
+    assert early_exit_interval("x86_64", 8) == max(1, EARLY_EXIT_BITS[None] // 8)
+    model = models["conv_40ch"]
+    ex = export_c(model, tmp_path / "a", word_bits=8, early_exit=True, target="atmega328p")
+    assert ex.early_exit_every == early_exit_interval("atmega328p", 8)
+    assert f"checks every {ex.early_exit_every} word(s)" in ex.source.read_text()
+    ex = export_c(model, tmp_path / "b", word_bits=8, early_exit=True, early_exit_every=3)
+    assert ex.early_exit_every == 3
+    assert export_c(model, tmp_path / "c", word_bits=8).early_exit_every == 0
+    with pytest.raises(ValueError, match="early_exit_every"):
+        export_c(model, tmp_path / "d", early_exit=True, early_exit_every=0)
+
+
+def test_choose_word_bits(models):
+    """8 bits on AVR; on 32-bit CPUs the widest word dividing every map's channels."""
+    assert choose_word_bits(models["conv_40ch"], "atmega328p") == 8
+    assert choose_word_bits(models["conv_40ch"], "cortex-m4") == 8  # 40 and 5 channels
+    assert choose_word_bits(make_model([1, 6, 6], 3, [conv(32), conv(64)]), "cortex-m0plus") == 32
+    assert choose_word_bits(make_model([1, 6, 6], 3, [conv(16), conv(32)]), None) == 16
+    assert choose_word_bits(models["output_only"], "cortex-m4") == 32  # no binary map
+
+
+def test_first_layer_paths(tmp_path):
+    """A first conv layer uses the subset-sum tables when its offsets lie in [0, 255], the
+    generic ebnn_z_u8 otherwise (and for a dense first layer); all exact, also with a
+    map smaller than the kernel and with more than 32 channels (the looped form)."""
+    model = make_model([2, 5, 6], 3, [conv(40, kernel=3, padding=1, pool=2)], seed=7)
+    assert uses_tables(model.layers[0], model.input_offset)
+    wide = make_model([1, 2, 2], 3, [conv(5, kernel=3, padding=1)], seed=8)
+    odd = make_model([2, 5, 6], 3, [conv(7, kernel=3, padding=1, pool=2)], seed=9)
+    odd.input_offset = np.array([-40, 300], np.int32)  # still a valid integer model
+    assert not uses_tables(odd.layers[0], odd.input_offset)
+    dense = make_model([10], 3, [{"type": "dense", "units": 9}], seed=10)
+    for k, m in enumerate((model, wide, odd, dense)):
+        x = inputs_for(m, 30, seed=k)
+        for word_bits, mode in ((8, "fused"), (32, "materialized")):
+            assert_c_matches_engine(m, x, tmp_path / f"{k}{word_bits}", word_bits=word_bits,
+                                    modes=mode)
+
+
+# ---- on the microcontrollers (emulated) --------------------------------------------------
+# target: (word bits, mode, early-exit interval or 0, popcount) per build; 8-bit words with
+# the byte table take the AVR assembly kernel.
+EMULATED = {
+    "cortex-m0plus": [(32, "fused", 0, "SWAR"), (16, "materialized", 2, "BYTE_TABLE"),
+                      (8, "fused", 1, "SWAR")],
+    "cortex-m4": [(8, "fused", 0, "SWAR"), (16, "fused", 1, "BUILTIN"),
+                  (32, "materialized", 4, "SWAR")],
+    "atmega328p": [(8, "fused", 0, "BYTE_TABLE"), (8, "materialized", 1, "BYTE_TABLE"),
+                   (16, "fused", 2, "SWAR")],
+}
+
+
+def _emulation_available(target: str) -> bool:
+    from ebnn.targets import TARGETS
+
+    if not TARGETS[target].available():
+        return False
+    if target == "atmega328p":
+        return shutil.which("simavr") is not None
+    return True
+
+
+@pytest.mark.parametrize("target", list(EMULATED))
+def test_emulated_targets_equal_engine(tmp_path, target):
+    """The export cross-compiled for each chip and run in its emulator: the same scores
+    as the engine for padded and valid convolutions, pooling, dense layers, early exit
+    with a stored tap order; the stack measured stays within the header's bound."""
+    from ebnn.targets import Harness, build_harness, run
+
+    if not _emulation_available(target):
+        pytest.skip(f"no toolchain or emulator for {target}")
+    same = make_model([3, 9, 7], 4, SHAPES["conv_pool_same_rgb"][2], seed=11)
+    valid = make_model([1, 12, 12], 3, [conv(8, pool=2), conv(16)], seed=12)
+    x_same, x_valid = inputs_for(same, 10, seed=5), inputs_for(valid, 10, seed=6)
+    set_tap_order(same, x_same)
+    builds = [(same, x_same, cfg) for cfg in EMULATED[target]]
+    builds.append((valid, x_valid, EMULATED[target][0]))
+    for k, (model, x, (word_bits, mode, every, popcount)) in enumerate(builds):
+        export = export_c(model, tmp_path / f"src{k}", word_bits=word_bits, modes=mode,
+                          early_exit=bool(every), early_exit_every=every or None,
+                          target=target)
+        harness = Harness(f"{export.name}_scores(ebnn_input, ebnn_output);",
+                          export.memory.input_bytes, model.classes,
+                          includes=(f"{export.name}_model.h",), batch=len(x))
+        app = build_harness(harness, [export.source], [export.out_dir], target,
+                            tmp_path / f"app{k}", defines={f"EBNN_POPCOUNT_{popcount}": None})
+        assert app.warnings == "", app.warnings
+        results = run(app, [img.tobytes() for img in engine.to_hwc(model, x)])
+        ref = engine.scores(model, x)
+        np.testing.assert_array_equal(np.array([r.outputs for r in results]), ref)
+        assert max(r.stack_bytes for r in results) <= export.memory.stack_bytes
 
 
 # ---- the generated code itself ------------------------------------------------------------
@@ -288,6 +472,35 @@ def test_object_sizes_equal_plan(models, tmp_path, name, word_bits, mode, opt):
     assert {sym for sym, _ in kinds["r"]} == {f"{export.name}_tables"}
 
 
+CROSS_NM = {"arm-none-eabi-gcc": ("arm-none-eabi-nm", ["-mcpu=cortex-m4", "-mthumb"]),
+            "avr-gcc": ("avr-nm", ["-mmcu=atmega328p"])}
+
+
+@pytest.mark.parametrize("compiler", list(CROSS_NM))
+def test_object_sizes_equal_plan_cross(models, tmp_path, compiler):
+    """The same exact sizes with the cross compilers (int16 alignment differs on AVR):
+    the static buffers, unions with the scores and layer 0's tables included, are
+    RAM_BYTES; the one tables object is FLASH_BYTES."""
+    nm, flags = CROSS_NM[compiler]
+    if shutil.which(compiler) is None or shutil.which(nm) is None:
+        pytest.skip(f"{compiler} not installed")
+    for name, word_bits in (("conv_pool_same_rgb", 8), ("conv_k5_pool3_one_filter", 16),
+                            ("conv_40ch", 32)):
+        d = tmp_path / f"{name}{word_bits}"
+        export = export_c(models[name], d, word_bits=word_bits)
+        # 5 x 5 x 2 = 50 values per position exceed MAX_TABLE_VALUES: the generic first
+        # layer, no scratch; the two others keep their subset-sum tables in buffer 1.
+        assert (export.memory.scratch_bytes > 0) == (name != "conv_k5_pool3_one_filter")
+        (obj,) = hostc.compile_check(d, [*flags, "-std=c99", "-Os"], compiler=compiler)
+        out = subprocess.run([nm, "-S", str(obj)], capture_output=True, text=True,
+                             check=True).stdout
+        sizes = {f[3]: (f[2].lower(), int(f[1], 16)) for f in map(str.split, out.splitlines())
+                 if len(f) == 4}
+        ram = sum(size for kind, size in sizes.values() if kind == "b")
+        assert ram == export.memory.ram_bytes
+        assert sizes[f"{export.name}_tables"][1] == export.memory.flash_bytes
+
+
 def test_generated_code_is_plain_c99(models, tmp_path):
     export = export_c(models["conv_pool_same_rgb"], tmp_path, word_bits=8, early_exit=True)
     allowed = {"stdint.h", "stddef.h", "avr/pgmspace.h", "ebnn_runtime.h", "ebnn_popcount.h",
@@ -331,7 +544,7 @@ def test_export_refuses_bad_options(models, tmp_path):
     with pytest.raises(ValueError, match="mode"):
         export_c(models["conv_40ch"], tmp_path, modes="lazy")
     with pytest.raises(ValueError, match="clashes"):
-        export_c(model, tmp_path, name="ebnn_output")  # ebnn_output_scores is the runtime's
+        export_c(model, tmp_path, name="ebnn")  # EBNN_WORD_BITS is the runtime's
     with pytest.raises(hostc.CompileError, match="error"):
         (tmp_path / "bad").mkdir()
         (tmp_path / "bad" / "x.c").write_text("int f(void) { return }\n")

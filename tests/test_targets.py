@@ -215,6 +215,31 @@ def test_footprint_subtracts_baseline(tmp_path, target, progmem):
     assert [r.outputs[0] for r in res] == [(30 * 7) % 251, (455 * 7) % 251]
 
 
+BUFFER_C = """
+#include <stdint.h>
+static uint8_t buf[%d];
+void keep(const uint8_t *x, int32_t *out);
+void keep(const uint8_t *x, int32_t *out)
+{
+    buf[x[0] %% sizeof buf] = x[1];
+    out[0] = buf[x[2] %% sizeof buf];
+}
+"""
+
+
+@pytest.mark.parametrize("size", [2, 3, 4, 6])
+def test_footprint_ram_exact_on_avr(tmp_path, size):
+    """Static RAM of any size is measured exactly on AVR (no alignment hole in the
+    harness shifts with the size of what precedes it)."""
+    _need("atmega328p")
+    src = tmp_path / "buf.c"
+    src.write_text(BUFFER_C % size)
+    h = Harness("keep(ebnn_input, ebnn_output);", 4, 1,
+                prelude="void keep(const uint8_t *x, int32_t *out);")
+    fp = footprint(h, [src], [], "atmega328p", tmp_path / "fp")
+    assert fp.model["ram"] == fp.model["bss"] == size
+
+
 # ---- running ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("target", list(TARGETS))
 def test_results_correct(prog_apps, target):

@@ -463,6 +463,23 @@ def run_on_target(tb: TargetBuild, inputs: Sequence[bytes], *, jobs: int = 1,
     return results
 
 
+def layer_profile(tb: TargetBuild, input_bytes: bytes) -> dict[str, int]:
+    """Instructions of one ``<name>_predict`` call per layer on a Cortex-M build:
+    ``{"l0": ..., "l1": ..., "rest": ...}`` (``rest``: ``scores``, ``predict`` and argmax),
+    summing to the call's count. Each generated layer is a function of its own, so the
+    emulator attributes every executed block by address (:meth:`CortexM.profile`)."""
+    from .targets import CortexM
+
+    if tb.target.arch != "arm" or tb.app is None:
+        raise ValueError("layer_profile needs a Cortex-M build that fits its chip")
+    layers = [f"{tb.name}_l{i}" for i in range(len(tb.export.memory.layers))]
+    counts = CortexM(tb.app.elf, tb.target).profile(bytes(input_bytes), tb.predict_function,
+                                                   layers)
+    out = {f"l{i}": counts[sym] for i, sym in enumerate(layers)}
+    out["rest"] = counts[""]
+    return out
+
+
 def bench_on_target(model: IntegerModel | str | Path, target: str | Target, x: np.ndarray,
                     y: np.ndarray | None = None, *, images: int | None = None,
                     out_dir: str | Path | None = None, jobs: int = 1,
@@ -503,9 +520,11 @@ def bench_on_target(model: IntegerModel | str | Path, target: str | Target, x: n
                                              popcount=popcount)
         hwc = engine.to_hwc(model, x)
         results = run_on_target(tb, [img.tobytes() for img in hwc], jobs=jobs, log=log)
+        # The checks read the build's ELF files: while a temporary build still exists.
+        report: dict[str, Any] = tb.to_dict()
+        checks = tb.checks()
     pred = np.array([r.ret for r in results])
     ref = engine.predict(model, x)
-    report: dict[str, Any] = tb.to_dict()
     if build is None and out_dir is None:  # the build was temporary and is gone
         report.update(source=None, object=None, elf=None)
     report.update(images=len(x), clock_hz=tgt.clock_hz or None,
@@ -513,7 +532,6 @@ def bench_on_target(model: IntegerModel | str | Path, target: str | Target, x: n
                   disagreements=int(np.sum(pred != ref)),
                   accuracy=None if y is None else float(np.mean(pred == y)),
                   engine_accuracy=None if y is None else float(np.mean(ref == y)))
-    checks = tb.checks()
     if tgt.arch != "host":
         counts = np.array([r.count for r in results], dtype=np.int64)
         stack = max(r.stack_bytes or 0 for r in results)

@@ -7,7 +7,7 @@ the model summary and the architecture search read the same figures::
 
     >>> plan = plan_memory(load_spec("ebnn-mnist"), word_bits=32)
     >>> plan.flash_bytes, plan.ram_bytes, plan.stack_bytes
-    (4612, 980, 896)
+    (4612, 980, 448)
     >>> print(plan.to_table())          # doctest: +SKIP
 
 It takes an :class:`~ebnn.deploy.IntegerModel`, or a :class:`~ebnn.spec.ModelSpec` (the
@@ -27,11 +27,12 @@ What is counted (all in bytes, ``B = word_bits``; docs/FORMAT.md section 2 for p
   map (before pooling) in its own output buffer and pools it there in place, so that
   buffer is sized for the map (``map_bytes``). ``predict``'s ``int32`` scores go in the
   buffer the output layer's position would write (free at that point: the output layer
-  reads the other one). A first layer that is a convolution centres its input window
-  (``x - m_c``, ``int16``) once per conv position for all channels, in ``scratch_bytes``
-  of buffer 1 (free while layer 0 writes buffer 0). A buffer that holds scores or the
-  scratch is rounded up to a multiple of 4 bytes. The input belongs to the caller and is
-  reported separately as ``input_bytes``. No feature map of integers is ever stored.
+  reads the other one). A first layer that is a small convolution keeps its subset-sum
+  tables in ``scratch_bytes`` of buffer 1 (free while layer 0 writes buffer 0; see
+  :func:`first_layer_tables` and :data:`MAX_TABLE_VALUES`). A buffer that holds scores
+  or the scratch is rounded up to a multiple of 4 bytes. The input belongs to the caller
+  and is reported separately as ``input_bytes``. No feature map of integers is ever
+  stored.
 * **stack**: a fixed bound per architecture, :data:`STACK_BOUNDS`; see there for how it
   is derived.
 """
@@ -51,21 +52,27 @@ MODES = ("fused", "materialized")
 #: Upper bounds on the stack used by ``<name>_predict`` (and ``<name>_scores``), in bytes,
 #: per architecture (``avr``, ``arm`` for Cortex-M, ``host`` for anything else).
 #:
-#: The call chain is fixed by design and does not depend on the model: ``predict`` ->
-#: ``scores`` -> one layer driver -> ``ebnn_position`` -> ``ebnn_z`` -> ``ebnn_z_bits`` /
-#: ``ebnn_z_centred`` / ``ebnn_z_u8`` (no recursion, no arrays on the stack; every shape is
-#: a function argument, so deeper or wider models reuse the same frames; only the
-#: compiler's inlining decisions vary). The figures come from gcc's ``-fstack-usage`` and
-#: ``-fcallgraph-info=su`` on the generated code of many models (every word size, both
-#: modes, with and without early exit, 1 to 7 layers): the deepest call chain from
-#: ``predict`` was 440 bytes for arm-none-eabi-gcc 12 (Cortex-M0+ and M4, -O1..-O3/-Os)
-#: and 672 for x86-64 gcc 12; avr-gcc 5.4 has no call graph output, and the sum of *all*
-#: frames was at most 259 bytes (-Os; ATmega328P). Each bound adds at least 20 % margin.
-#: The emulators of :mod:`ebnn.targets` measured at most 428 (Cortex-M0+) and 200 (AVR)
-#: bytes, return addresses included. The bounds hold for optimised builds (-O1, -O2,
-#: -O3, -Os); -O0 keeps every local in memory and needs up to twice as much.
-#: tests/test_memory.py re-checks them.
-STACK_BOUNDS = {"avr": 320, "arm": 544, "host": 896}
+#: The call chain is fixed by design: ``predict`` -> ``scores`` -> one layer function at a
+#: time (``EBNN_LAYER``, never inlined, so layer frames do not add up) -> at most a
+#: runtime helper (``ebnn_mism``, ``ebnn_z_u8``, ``ebnn_pool_map``). There is no recursion
+#: and no array on the stack. A layer's frame depends on how many values its specialised
+#: code keeps live; the generator bounds that (windows beyond a few dozen popcount terms
+#: become loops, first layers beyond :data:`MAX_TABLE_VALUES` take the generic path,
+#: ``EBNN_BARRIER``/``EBNN_OPAQUE`` keep GCC from hoisting window loads and addresses
+#: out of the channel loops into stack slots). The figures come from gcc's
+#: ``-fstack-usage`` and ``-fcallgraph-info=su`` on the generated code of 8 models (the
+#: presets ebnn-mnist, digits, small-conv, 7-layer and MLP models, 1 to 4 input
+#: channels), every word size, both modes, with and without early exit, at -O1/-O2/-Os
+#: (host also -O3), with the SWAR and byte-table popcounts, plus 4 unusual shapes (7 x 7
+#: and 5 x 5 kernels over 4 channels, 128 channels, maps smaller than the kernel): the
+#: deepest chain from ``predict`` was 312 bytes for x86-64 gcc 12 and 288 for
+#: arm-none-eabi-gcc 12 (Cortex-M0+; Cortex-M4 240); avr-gcc 5.4 has no call graph
+#: output, and every non-layer frame plus the largest layer frame was at most 167 bytes
+#: (ATmega328P). Each bound adds at least 33 %. The emulators of :mod:`ebnn.targets`
+#: measured 89 (AVR), 136 (Cortex-M4) and 156 (Cortex-M0+) bytes on ebnn-mnist, return
+#: addresses included. The bounds hold for optimised builds (-O1, -O2, -O3, -Os); -O0
+#: keeps every local in memory and needs more. tests/test_memory.py re-checks them.
+STACK_BOUNDS = {"avr": 256, "arm": 384, "host": 448}
 STACK_BYTES = max(STACK_BOUNDS.values())  # bound when the architecture is unknown
 
 
@@ -81,6 +88,84 @@ def arch_of(target: str | None) -> str | None:
     if t in ("host", "x86", "x86_64"):
         return "host"
     raise ValueError(f"unknown target {target!r}: use host, cortex-m..., arm, avr or atmega...")
+
+
+@dataclass(frozen=True)
+class FirstLayerTables:
+    """How the C export evaluates a first layer that is a convolution (uint8 input).
+
+    The ``values = kh * kw * c`` centred inputs ``x - m_c`` of one conv position (0 for
+    taps outside the input, which is exactly the zero padding) are cut into groups of
+    ``groups[g]`` consecutive values (tap-major, channel innermost). For each group a
+    table holds the sum of every subset of its values (``2**size`` int16 entries, entry
+    ``k`` = the values whose bit is set in ``k``), built once per position for all
+    channels. A channel's ``z = 2 P - S`` then needs one lookup per group: ``P`` adds the
+    entries its weight bits select (the channel's pattern in each group, precomputed once
+    per inference as byte offsets of ``index_bytes`` each) and ``S`` is the sum of all
+    values. The group size minimises ``2 * (table entries built) + out_channels * groups``
+    (entries built per position against lookups per position), preferring smaller tables
+    on a tie. (Tables per pool window, shared by its positions, were measured too: they
+    need more RAM and were not faster on the ATmega328P or the Cortex-M0+.)
+    """
+
+    values: int
+    out_channels: int
+    groups: tuple[int, ...]
+
+    @property
+    def table_entries(self) -> int:
+        return sum(2**g for g in self.groups)
+
+    @property
+    def table_bytes(self) -> int:
+        return 2 * self.table_entries
+
+    @property
+    def index_bytes(self) -> int:
+        """Bytes of one index, the entry's byte offset in the tables (uint8 while the
+        tables take at most 256 bytes)."""
+        return 1 if self.table_bytes <= 256 else 2
+
+    @property
+    def group_base(self) -> list[int]:
+        """Entry index of each group's first entry."""
+        base, out = 0, []
+        for g in self.groups:
+            out.append(base)
+            base += 2**g
+        return out
+
+    @property
+    def scratch_bytes(self) -> int:
+        """Tables plus indices (``out_channels * len(groups)``), rounded up to 4 bytes."""
+        raw = self.table_bytes + self.out_channels * len(self.groups) * self.index_bytes
+        return -(-raw // 4) * 4
+
+
+#: A first conv layer uses subset-sum tables up to this many values per position
+#: (``kh * kw * c``: 3 x 3 x 4, 5 x 5 x 1, 6 x 6 x 1); larger ones would unroll into huge
+#: functions and take the generic path (``ebnn_z_u8``), with no scratch.
+MAX_TABLE_VALUES = 36
+
+
+def uses_first_layer_tables(kind: str, kernel: tuple[int, int], channels: int) -> bool:
+    """Whether a first layer is a convolution small enough for the tables."""
+    return kind == "conv" and kernel[0] * kernel[1] * channels <= MAX_TABLE_VALUES
+
+
+def first_layer_tables(kernel: tuple[int, int], channels: int, out_channels: int
+                       ) -> FirstLayerTables:
+    """The subset-sum table layout of a first conv layer (see :class:`FirstLayerTables`)."""
+    n = kernel[0] * kernel[1] * channels
+    best: tuple[tuple[int, int], tuple[int, ...]] | None = None
+    for size in range(1, 6):
+        groups = (size,) * (n // size) + ((n % size,) if n % size else ())
+        built = sum(2**g - 1 for g in groups)
+        key = (2 * built + out_channels * len(groups), sum(2**g for g in groups))
+        if best is None or key < best[0]:
+            best = (key, groups)
+    assert best is not None
+    return FirstLayerTables(n, out_channels, best[1])
 
 
 @dataclass
@@ -120,7 +205,7 @@ class MemoryPlan:
     buffer_bytes: tuple[int, int]  # the two ping-pong bit buffers (RAM)
     score_buffer: int  # which of them also holds predict's int32 scores
     score_bytes: int  # those scores (inside buffer_bytes[score_buffer])
-    scratch_bytes: int  # first conv layer's centred window (inside buffer_bytes[1])
+    scratch_bytes: int  # first conv layer's subset-sum tables (inside buffer_bytes[1])
     flash_pad_bytes: int  # rounds the const tables object up to a multiple of 4 bytes
     target: str | None = None
     stack_bytes: int = STACK_BYTES  # bound for ``target`` (see STACK_BOUNDS)
@@ -283,12 +368,13 @@ def plan_memory(model: IntegerModel | ModelSpec, word_bits: int = 32,
             row = LayerPlan(i, g.kind, g.first, mode, (h, w, c), (hc, wc, o), (ho, wo, o),
                             weight_bytes, 4 * o, pixel_bytes, 0, out_bytes, map_bytes, buf)
         rows.append(row)
-    # The int16 scratch (first conv layer) lives in buffer 1, free during layer 0.
-    kh, kw = layers[0].kernel
-    scratch_bytes = 2 * kh * kw * in_channels if layers[0].kind == "conv" else 0
+    # The first conv layer's tables (scratch) live in buffer 1, free during layer 0.
+    g0 = layers[0]
+    scratch_bytes = (first_layer_tables(g0.kernel, in_channels, g0.out_channels).scratch_bytes
+                     if uses_first_layer_tables(g0.kind, g0.kernel, in_channels) else 0)
     buffers[1] = max(buffers[1], scratch_bytes)
     buffers[score_buffer] = max(buffers[score_buffer], score_bytes)
-    # Buffers that are unions with int32 scores or the int16 scratch: a multiple of 4
+    # Buffers that are unions with int32 scores or the scratch: a multiple of 4
     # bytes, so that their size is the same on every architecture.
     for k in range(2):
         if k == score_buffer or (k == 1 and scratch_bytes):

@@ -1,8 +1,8 @@
 """Write the C source of one folded model (see :func:`ebnn.codegen.export_c`).
 
-The generated ``<name>_model.c`` holds the model's tables as ``const`` arrays, the static
-buffers sized by :func:`ebnn.memory.plan_memory`, and ``<name>_scores``: one call of a
-runtime kernel (``ebnn_runtime.h``) per layer, every shape a literal argument.
+The generated ``<name>_model.c`` holds the model's tables as one ``const`` object, the
+static buffers sized by :func:`ebnn.memory.plan_memory`, one specialised function per
+layer (:mod:`ebnn.codegen.kernels`) and ``<name>_scores``, which calls them in turn.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import numpy as np
 from .. import __version__
 from ..bits import pack
 from ..deploy import IntegerModel, IntLayer
-from ..memory import MemoryPlan, arch_of
+from ..memory import MemoryPlan, arch_of, first_layer_tables
+from . import kernels
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
 RUNTIME_HEADER = "ebnn_runtime.h"
@@ -210,34 +211,12 @@ def _tables_struct(model: IntegerModel, plan: MemoryPlan, name: str) -> str:
             f"\n}} {name}_tables EBNN_CONST = {{\n" + ",\n".join(inits) + "\n};\n")
 
 
-def model_source(model: IntegerModel, plan: MemoryPlan, name: str, early_exit: bool) -> str:
-    """The ``<name>_model.c``: tables, buffers and the layer calls."""
-    wb = plan.word_bits
-    wbytes = wb // 8
+def _buffers(model: IntegerModel, plan: MemoryPlan, name: str) -> str:
+    """The static buffers: ``<name>_buf0``/``_buf1``, unions where they also hold the
+    scores or layer 0's tables; every member's size is the plan's."""
+    wbytes = plan.word_bits // 8
     up = name.upper()
-    title = _comment(model.name)
-    tab = f"{name}_tables."
-    calls = []
-    for i, (layer, row) in enumerate(zip(model.layers, plan.layers, strict=True)):
-        h, w, c = layer.in_shape
-        kh, kw = layer.kernel
-        # A layer reads the uint8 input (first) or the buffer its predecessor wrote.
-        src = ("NULL, input, " if layer.first
-               else f"{name}_buf{plan.layers[i - 1].buffer}.bits, NULL, ")
-        calls.append(f"    /* {_describe(i, layer, row.mode)} */\n"
-                     f"    ebnn_layer(&L, {src}{tab}offsets, {h}, {w}, {c}, {kh}, {kw}, "
-                     f"{layer.padding});")
-        if i == 0 and plan.scratch_bytes:
-            calls.append(f"    L.scratch = {name}_buf1.scratch; /* centred input window */")
-        if layer.kind == "output":
-            calls.append(f"    ebnn_output_scores(&L, {tab}l{i}_w, {tab}l{i}_a, {tab}l{i}_b, "
-                         f"{layer.out_channels}, scores);")
-        else:
-            kernel = ("ebnn_bits_materialized" if row.mode == "materialized"
-                      else "ebnn_bits_fused")
-            calls.append(f"    {kernel}(&L, {tab}l{i}_w, {tab}l{i}_t, {tab}l{i}_f, "
-                         f"{layer.out_channels}, {layer.pool}, {name}_buf{row.buffer}.bits);")
-    buffers = []
+    out = []
     for k, size in enumerate(plan.buffer_bytes):
         if not size:
             continue
@@ -245,18 +224,63 @@ def model_source(model: IntegerModel, plan: MemoryPlan, name: str, early_exit: b
         if k == plan.score_buffer:
             members.append(f"    int32_t scores[{up}_CLASSES];")
         if k == 1 and plan.scratch_bytes:
-            members.append(f"    int16_t scratch[{plan.scratch_bytes // 2}];")
+            layer = model.layers[0]
+            t = first_layer_tables(layer.kernel, layer.in_shape[2], layer.out_channels)
+            itype = "uint8_t" if t.index_bytes == 1 else "uint16_t"
+            nidx = layer.out_channels * len(t.groups)
+            pad = plan.scratch_bytes - t.table_bytes - nidx * t.index_bytes
+            scratch = [f"        int16_t tab[{t.table_entries}];",
+                       f"        {itype} idx[{nidx}];"]
+            if pad:
+                scratch.append(f"        uint8_t pad[{pad}];")
+            members.append("    struct {\n" + "\n".join(scratch) + "\n    } l0;")
         kind = "union" if len(members) > 1 else "struct"
-        buffers.append(f"static {kind} {{\n" + "\n".join(members) + f"\n}} {name}_buf{k};")
+        out.append(f"static {kind} {{\n" + "\n".join(members) + f"\n}} {name}_buf{k};")
+    return "\n".join(out)
+
+
+def _layer_code(model: IntegerModel, plan: MemoryPlan, name: str, early_exit: bool,
+                every: int) -> tuple[list[str], list[str]]:
+    """Each layer's function and the calls of ``<name>_scores``."""
+    functions, calls = [], []
+    for i, (layer, row) in enumerate(zip(model.layers, plan.layers, strict=True)):
+        src = "input" if layer.first else f"{name}_buf{plan.layers[i - 1].buffer}.bits"
+        dst = "scores" if layer.kind == "output" else f"{name}_buf{row.buffer}.bits"
+        ctx = kernels.LayerC(name, i, layer, row.mode, plan.word_bits, src, dst,
+                             np.asarray(model.input_offset), early_exit, every,
+                             scratch=f"{name}_buf1.l0")
+        if layer.first:
+            code = kernels.first_layer(ctx)
+        elif layer.kind == "output":
+            code = kernels.output_layer(ctx)
+        else:
+            code = kernels.bits_layer(ctx)
+        functions.append(f"/* {_describe(i, layer, row.mode)} */\n{code}")
+        if layer.first:
+            args = "input, scores" if layer.kind == "output" else "input"
+        else:
+            args = "scores" if layer.kind == "output" else ""
+        calls.append(f"    {name}_l{i}({args});")
+    return functions, calls
+
+
+def model_source(model: IntegerModel, plan: MemoryPlan, name: str, early_exit: bool,
+                 every: int = 1) -> str:
+    """The ``<name>_model.c``: tables, buffers, one function per layer, and the API."""
+    wb = plan.word_bits
+    up = name.upper()
+    title = _comment(model.name)
+    functions, calls = _layer_code(model, plan, name, early_exit, every)
     layers = "\n".join(f" * {_describe(i, lay, r.mode)}"
                         for i, (lay, r) in enumerate(zip(model.layers, plan.layers, strict=True)))
+    scratch = ", buf1 layer 0's subset-sum tables" if plan.scratch_bytes else ""
+    ee = (f"\n * Early exit: checks every {every} word(s)." if early_exit else "")
     body = "\n".join(calls)
-    scratch = ", buf1 layer 0's centred input window" if plan.scratch_bytes else ""
     return f"""/*
  * {name}_model.c - generated by ebnn {__version__} from model "{title}". Do not edit.
  * See {name}_model.h for the API and the memory figures.
  *
-{layers}
+{layers}{ee}
  */
 #define EBNN_WORD_BITS {wb}
 #define EBNN_EARLY_EXIT {int(early_exit)}
@@ -266,11 +290,11 @@ def model_source(model: IntegerModel, plan: MemoryPlan, name: str, early_exit: b
 {_tables_struct(model, plan, name)}
 /* Static buffers, {up}_RAM_BYTES in all: layer i writes buf(i % 2) and reads the other;
  * buf{plan.score_buffer} also holds predict's scores{scratch}. */
-{chr(10).join(buffers)}
+{_buffers(model, plan, name)}
 
+{chr(10).join(f + chr(10) for f in functions)}
 void {name}_scores(const uint8_t *input, int32_t *scores)
 {{
-    ebnn_layer_t L;
 {body}
 }}
 

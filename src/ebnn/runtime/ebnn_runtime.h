@@ -1,9 +1,13 @@
 /*
- * ebnn_runtime.h - the layer kernels of ebnn's C export (pure C99, header only).
+ * ebnn_runtime.h - the helpers of ebnn's generated C (pure C99, header only).
  *
- * A generated <name>_model.c defines EBNN_WORD_BITS (8, 16 or 32) and, optionally,
- * EBNN_EARLY_EXIT, then includes this header. Everything here is `static inline`, so
- * several models (even with different word sizes) can live in one program.
+ * A generated <name>_model.c defines EBNN_WORD_BITS (8, 16 or 32) and EBNN_EARLY_EXIT
+ * (0 or 1), then includes this header. The layer code itself is generated per layer with
+ * every shape a compile-time constant (see ebnn.codegen); this header holds what all
+ * layers share: flash access, the word type, popcount and mismatch counting (with a small
+ * assembly kernel on AVR), the generic first layer, pooling of a materialized map, and
+ * argmax. Everything is `static inline`, so several models (even with different word
+ * sizes) can live in one program.
  *
  * Conventions (docs/FORMAT.md): feature maps are HWC; a binary map packs each pixel's
  * channels into ceil(C / EBNN_WORD_BITS) words, LSB first, unused bits 0; bit 1 is +1.
@@ -14,7 +18,19 @@
  * No malloc, no recursion, no floating point, no arrays on the stack; only stdint.h and
  * stddef.h (and avr/pgmspace.h on AVR). Model tables are `const` and declared with
  * EBNN_CONST, which puts them in flash on AVR (PROGMEM); every table read goes through
- * EBNN_READ_U8/U16/U32 (pgm_read_* on AVR). Maps in RAM are read directly.
+ * EBNN_READ_* (pgm_read_* on AVR). Maps in RAM are read directly.
+ *
+ * How mismatches are counted, EBNN_MISM_MODE (chosen here per CPU; -D overrides it):
+ *   0  one popcount per word (8-bit CPUs: AVR, whose byte-table popcount wants bytes);
+ *   1  aligned word loads, words narrower than 32 bits packed into 32-bit values by
+ *      shifts so that one 32-bit popcount covers them (32-bit CPUs without unaligned
+ *      loads: Cortex-M0/M0+, and anything unknown);
+ *   2  unaligned 32-bit loads (GCC/Clang on Cortex-M3/M4/M7, x86, AArch64): a kernel
+ *      row, kw * words-per-pixel bytes contiguous in HWC, is read 4 bytes at a time
+ *      whatever the word size.
+ * With 32-bit words all three read the same aligned words. The XOR of input and weight
+ * bits is popcounted, which does not depend on the order of the bits within a load, so
+ * the modes agree on every byte order.
  */
 #ifndef EBNN_RUNTIME_H
 #define EBNN_RUNTIME_H
@@ -38,6 +54,9 @@
 #define EBNN_READ_U32(p) pgm_read_dword(p)
 #define EBNN_READ_I16(p) ((int16_t)pgm_read_word(p))
 #define EBNN_READ_I32(p) ((int32_t)pgm_read_dword(p))
+/* The low half of an int32 table entry known to fit int16 (little endian): 2 flash reads
+ * instead of 4. */
+#define EBNN_READ_I32_LOW(p) ((int16_t)pgm_read_word(p))
 #endif
 #ifndef EBNN_CONST /* tables are ordinary const data: the linker puts them in flash */
 #define EBNN_CONST
@@ -48,6 +67,7 @@
 #define EBNN_READ_U32(p) (*(p))
 #define EBNN_READ_I16(p) (*(p))
 #define EBNN_READ_I32(p) (*(p))
+#define EBNN_READ_I32_LOW(p) ((int16_t)*(p))
 #endif
 
 /* ---- the word type ------------------------------------------------------------------ */
@@ -64,300 +84,315 @@ typedef uint32_t ebnn_word_t;
 #error "EBNN_WORD_BITS must be 8, 16 or 32"
 #endif
 
+/* ---- inlining ----------------------------------------------------------------------- */
+/* The few-instruction helpers below run once per popcount; at -Os GCC would rather call
+ * them than inline them, which costs more than their bodies. */
+#if defined(__GNUC__)
+#define EBNN_INLINE static inline __attribute__((always_inline))
+#else
+#define EBNN_INLINE static inline
+#endif
+/* Each generated layer function is a function of its own, so that the stack holds one
+ * layer's frame at a time (GCC otherwise inlines them all into <name>_scores, whose frame
+ * then grows with the number of layers). */
+#if defined(__GNUC__)
+#define EBNN_LAYER static __attribute__((noinline))
+#else
+#define EBNN_LAYER static
+#endif
+
 /* ---- popcount ----------------------------------------------------------------------- */
 /* ebnn_popcount.h has the implementations; pick one with -DEBNN_POPCOUNT_SWAR (default),
  * _NIBBLE, _BYTE_TABLE or _BUILTIN. A table variant adds its table (16 or 256 bytes) to
- * flash on top of <NAME>_FLASH_BYTES. ebnn_popcount_word is the one place every kernel
- * counts bits; it uses the variant's function for the word size. */
+ * flash on top of <NAME>_FLASH_BYTES. The kernels count with ebnn_pc_word (one word) and
+ * the ebnn_pc_nib/_byte/_total steps (several 32-bit values): the SWAR and byte-table
+ * variants are written out here, always inlined; the others call ebnn_popcount.h. */
 #include "ebnn_popcount.h"
+
+/* Popcounts of several 32-bit values summed with shared steps: each value costs the 2-
+ * and 4-bit SWAR steps (ebnn_pc_nib), up to 3 nibble results are added and reduced to
+ * byte counts together (ebnn_pc_byte), and the byte counts of at most 7 values (224
+ * bits, so every byte sum stays below 256) are folded into a number once
+ * (ebnn_pc_total). With a table or builtin popcount, nib is the popcount and the two
+ * others are identities. */
+#if defined(EBNN_POPCOUNT_SWAR)
+EBNN_INLINE uint32_t ebnn_pc_nib(uint32_t x)
+{
+    x = x - ((x >> 1) & 0x55555555u);
+    return (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+}
+EBNN_INLINE uint32_t ebnn_pc_byte(uint32_t n)
+{
+    return (n & 0x0F0F0F0Fu) + ((n >> 4) & 0x0F0F0F0Fu);
+}
+EBNN_INLINE uint32_t ebnn_pc_total(uint32_t b)
+{
+    return (b * 0x01010101u) >> 24;
+}
+EBNN_INLINE uint_fast8_t ebnn_pc8(uint8_t x)
+{
+    unsigned y = x;
+    y = y - ((y >> 1) & 0x55u);
+    y = (y & 0x33u) + ((y >> 2) & 0x33u);
+    return (uint_fast8_t)((y + (y >> 4)) & 0x0Fu);
+}
+#define ebnn_pc32(x) ((uint_fast8_t)ebnn_pc_total(ebnn_pc_byte(ebnn_pc_nib(x))))
+#define ebnn_pc16(x) ebnn_pc32((uint32_t)(x))
+#elif defined(EBNN_POPCOUNT_BYTE_TABLE)
+EBNN_INLINE uint_fast8_t ebnn_pc8(uint8_t x)
+{
+    return EBNN_POPCOUNT_READ(ebnn_popcount_byte, x);
+}
+EBNN_INLINE uint_fast8_t ebnn_pc16(uint16_t x)
+{
+    return (uint_fast8_t)(ebnn_pc8((uint8_t)x) + ebnn_pc8((uint8_t)(x >> 8)));
+}
+EBNN_INLINE uint_fast8_t ebnn_pc32(uint32_t x)
+{
+    return (uint_fast8_t)(ebnn_pc16((uint16_t)x) + ebnn_pc16((uint16_t)(x >> 16)));
+}
+#define ebnn_pc_nib(x) ((uint32_t)ebnn_pc32(x))
+#define ebnn_pc_byte(n) (n)
+#define ebnn_pc_total(b) (b)
+#else
+#define ebnn_pc8(x) ebnn_popcount8(x)
+#define ebnn_pc16(x) ebnn_popcount16(x)
+#define ebnn_pc32(x) ebnn_popcount32(x)
+#define ebnn_pc_nib(x) ((uint32_t)ebnn_popcount32(x))
+#define ebnn_pc_byte(n) (n)
+#define ebnn_pc_total(b) (b)
+#endif
+
+/* The popcount of one word of the export's size. */
 #if EBNN_WORD_BITS == 8
-#define ebnn_popcount_word(w) ebnn_popcount8((uint8_t)(w))
+#define ebnn_pc_word(w) ebnn_pc8((uint8_t)(w))
 #elif EBNN_WORD_BITS == 16
-#define ebnn_popcount_word(w) ebnn_popcount16((uint16_t)(w))
+#define ebnn_pc_word(w) ebnn_pc16((uint16_t)(w))
 #else
-#define ebnn_popcount_word(w) ebnn_popcount32((uint32_t)(w))
+#define ebnn_pc_word(w) ebnn_pc32((uint32_t)(w))
 #endif
 
-/* ---- one layer ---------------------------------------------------------------------- */
-/* What a layer reads: its input map and kernel geometry. Filled by ebnn_layer(). */
-typedef struct {
-    const ebnn_word_t *bits; /* binary input map, or NULL for the first layer */
-    const uint8_t *bytes;    /* first layer: the uint8 input (HWC) */
-    const int16_t *offsets;  /* first layer: per-channel offset m_c (flash) */
-    int h, w, c;             /* input map: rows, columns, channels */
-    int kh, kw, pad;         /* kernel and padding (0 or kernel / 2) */
-    size_t cw;               /* words per input pixel: ceil(c / EBNN_WORD_BITS) */
-    size_t fan_words;        /* weight words per output channel: kh * kw * cw */
-    int16_t *scratch;        /* first conv layer: the centred window, kh * kw * c values,
-                              * filled once per conv position for all channels (or NULL) */
-} ebnn_layer_t;
-
-/* The valid taps of one conv position: rows x taps, row-major, contiguous per row. */
-typedef struct {
-    size_t in_start;  /* input element (word, or byte for the first layer) of the first tap */
-    size_t wt_start;  /* weight word (from a channel's first) of the first valid tap */
-    size_t rows;      /* valid kernel rows */
-    size_t taps;      /* valid taps per row */
-    size_t in_stride; /* input elements from one kernel row to the next */
-    size_t wt_stride; /* weight words from one kernel row to the next */
-    int32_t n_valid;  /* real inputs the valid taps cover: rows * taps * c */
-    int32_t sum;      /* with L->scratch: the sum of the centred window */
-} ebnn_window_t;
-
-static inline void ebnn_layer(ebnn_layer_t *L, const ebnn_word_t *bits,
-                              const uint8_t *bytes, const int16_t *offsets, int h, int w,
-                              int c, int kh, int kw, int pad)
-{
-    L->bits = bits;
-    L->bytes = bytes;
-    L->offsets = offsets;
-    L->h = h;
-    L->w = w;
-    L->c = c;
-    L->kh = kh;
-    L->kw = kw;
-    L->pad = pad;
-    L->cw = ((size_t)c + EBNN_WORD_BITS - 1u) / EBNN_WORD_BITS;
-    L->fan_words = (size_t)kh * (size_t)kw * L->cw;
-    L->scratch = NULL;
-}
-
-/* Clip the kernel to the input at conv position (y, x): tap (ky, kx) reads input pixel
- * (y + ky - pad, x + kx - pad) and is skipped when that lies outside (FORMAT.md 3). */
-static inline void ebnn_window(const ebnn_layer_t *L, int y, int x, ebnn_window_t *win)
-{
-    int ky0 = L->pad - y > 0 ? L->pad - y : 0;
-    int ky1 = L->h + L->pad - y < L->kh ? L->h + L->pad - y : L->kh;
-    int kx0 = L->pad - x > 0 ? L->pad - x : 0;
-    int kx1 = L->w + L->pad - x < L->kw ? L->w + L->pad - x : L->kw;
-    size_t per_pixel = L->bits ? L->cw : (size_t)L->c;
-    size_t pixel = (size_t)(y + ky0 - L->pad) * (size_t)L->w + (size_t)(x + kx0 - L->pad);
-    win->rows = (size_t)(ky1 - ky0);
-    win->taps = (size_t)(kx1 - kx0);
-    win->in_start = pixel * per_pixel;
-    win->in_stride = (size_t)L->w * per_pixel;
-    win->wt_start = ((size_t)ky0 * (size_t)L->kw + (size_t)kx0) * L->cw;
-    win->wt_stride = (size_t)L->kw * L->cw;
-    win->n_valid = (int32_t)(win->rows * win->taps) * (int32_t)L->c;
-}
-
-/* z over binary input: n_valid - 2 * popcount(input XOR weights) over the valid taps.
- * Padding bits are 0 in input and weights alike, so they never count.
- * With EBNN_EARLY_EXIT and `decide` set, it returns as soon as the comparison z >= t is
- * known: a partial z below t (more mismatches only lower z) or one at or above t with
- * even all remaining bits mismatching; the returned value then equals z only in how it
- * compares with t. */
-static inline int32_t ebnn_z_bits(const ebnn_layer_t *L, const ebnn_window_t *win,
-                                  const ebnn_word_t *wt, int32_t t, int decide)
-{
-    const ebnn_word_t *in = L->bits + win->in_start;
-    size_t row_words = win->taps * L->cw;
-    int32_t mism = 0;
-    size_t r, i;
-#if EBNN_EARLY_EXIT
-    /* Bits still to come, counting padding bits too: an over-estimate, so "decided
-     * true" is only claimed when it certainly holds. */
-    int32_t left = (int32_t)(win->rows * row_words) * EBNN_WORD_BITS;
+/* ---- compiler barrier --------------------------------------------------------------- */
+/* Generated loops whose body reads many loop-invariant values from RAM (the first
+ * layer's per-channel table indices) put this at the top of the body: otherwise GCC
+ * hoists every such load out of the loop and, short of registers, keeps the values in
+ * stack slots, which costs as much per use as the load and hundreds of bytes of stack. */
+#if defined(__GNUC__)
+#define EBNN_BARRIER() __asm__ __volatile__("" ::: "memory")
 #else
-    (void)t;
-    (void)decide;
+#define EBNN_BARRIER() ((void)0)
 #endif
-    wt += win->wt_start;
-    for (r = 0; r < win->rows; r++) {
-        for (i = 0; i < row_words; i++) {
-            mism += (int32_t)ebnn_popcount_word(in[i] ^ EBNN_READ_WORD(wt + i));
-#if EBNN_EARLY_EXIT
-            left -= EBNN_WORD_BITS;
-            if (decide) {
-                int32_t hi = win->n_valid - 2 * mism; /* z if nothing else mismatches */
-                if (hi < t || hi - 2 * left >= t) {
-                    return hi;
-                }
-            }
+/* Makes an integer's value unknown to the optimiser at this point (no instruction): what
+ * derives from it cannot be computed earlier, e.g. hoisted out of a loop and spilled. */
+#if defined(__GNUC__)
+#define EBNN_OPAQUE(v) __asm__("" : "+r"(v))
+#else
+#define EBNN_OPAQUE(v) ((void)0)
 #endif
-        }
-        in += win->in_stride;
-        wt += win->wt_stride;
+
+/* ---- loads -------------------------------------------------------------------------- */
+#ifndef EBNN_MISM_MODE
+#if defined(__AVR__)
+#define EBNN_MISM_MODE 0
+#elif defined(__GNUC__) && (defined(__ARM_FEATURE_UNALIGNED) || defined(__x86_64__) || \
+                            defined(__i386__) || defined(__aarch64__))
+#define EBNN_MISM_MODE 2
+#else
+#define EBNN_MISM_MODE 1
+#endif
+#endif
+#if EBNN_MISM_MODE == 2
+/* Unaligned loads of RAM maps and (on these CPUs, memory-mapped) flash tables. */
+EBNN_INLINE uint32_t ebnn_ld32(const uint8_t *p)
+{
+    uint32_t v;
+    __builtin_memcpy(&v, p, 4);
+    return v;
+}
+EBNN_INLINE uint32_t ebnn_ld16(const uint8_t *p)
+{
+    uint16_t v;
+    __builtin_memcpy(&v, p, 2);
+    return v;
+}
+#endif
+
+/* ---- mismatches of a run of bytes (8-bit words) ------------------------------------- */
+/* m + popcount(a XOR w) over n (1..255) bytes of input map (RAM) and weights (flash),
+ * with a and w advanced past them; the caller keeps m + 8 n below 256. On AVR with the
+ * byte-table popcount this is a small assembly loop, 2 bytes per turn, about 15.5 cycles
+ * a byte: lpm can only read through Z, which both the weights and the table need, and
+ * GCC's own code for the same C (X with an adiw/sbiw pair around every load, the table
+ * address rebuilt per byte) takes about 21. -DEBNN_NO_ASM selects the C. */
+#if defined(__AVR__) && defined(__GNUC__) && EBNN_WORD_BITS == 8 && \
+    defined(EBNN_POPCOUNT_BYTE_TABLE) && !defined(EBNN_NO_ASM)
+#define EBNN_AVR_ASM 1
+/* Pieces of the fully unrolled window code the generator strings together (interior
+ * windows whose weights are contiguous): X walks the input map, %[w] the weights, read 4
+ * (or 2, 1) bytes per trip through Z into %[w0]..%[w3]; each EBNN_AVR_B(k) XORs the next
+ * input byte with weight byte k, looks its popcount up in the byte table %[tb] and adds
+ * it to %[m] (8 bits: at most 31 bytes per statement). 13.5 cycles a byte. */
+#define EBNN_AVR_W4 \
+    "movw r30, %[w]\n\tlpm %[w0], Z+\n\tlpm %[w1], Z+\n\tlpm %[w2], Z+\n\t" \
+    "lpm %[w3], Z+\n\tmovw %[w], r30\n\t"
+#define EBNN_AVR_W2 "movw r30, %[w]\n\tlpm %[w0], Z+\n\tlpm %[w1], Z+\n\tmovw %[w], r30\n\t"
+#define EBNN_AVR_W1 "movw r30, %[w]\n\tlpm %[w0], Z+\n\tmovw %[w], r30\n\t"
+#define EBNN_AVR_B(k) \
+    "ld %[t], X+\n\teor %[t], %[w" #k "]\n\tmovw r30, %[tb]\n\tadd r30, %[t]\n\t" \
+    "adc r31, __zero_reg__\n\tlpm %[t], Z\n\tadd %[m], %[t]\n\t"
+#define EBNN_AVR_OUT(vm, vt, v0, v1, v2, v3, va, vw) \
+    [m] "+r"(vm), [t] "=&r"(vt), [w0] "=&r"(v0), [w1] "=&r"(v1), [w2] "=&r"(v2), \
+    [w3] "=&r"(v3), "+x"(va), [w] "+r"(vw)
+#define EBNN_AVR_IN [tb] "r"(ebnn_popcount_byte)
+EBNN_INLINE uint8_t ebnn_run8(const uint8_t **pa, const uint8_t **pw, uint8_t n, uint8_t m)
+{
+    const uint8_t *a = *pa, *w = *pw;
+    const uint8_t *tb = ebnn_popcount_byte;
+    uint8_t t, u;
+    __asm__ __volatile__(
+        "sbrs %[n], 0\n\t"
+        "rjmp 2f\n\t"
+        "movw r30, %[w]\n\t" /* an odd byte first */
+        "lpm %[u], Z+\n\t"
+        "movw %[w], r30\n\t"
+        "ld %[t], X+\n\t"
+        "eor %[t], %[u]\n\t"
+        "movw r30, %[tb]\n\t"
+        "add r30, %[t]\n\t"
+        "adc r31, __zero_reg__\n\t"
+        "lpm %[t], Z\n\t"
+        "add %[m], %[t]\n\t"
+        "2:\n\t"
+        "lsr %[n]\n\t"
+        "breq 4f\n\t"
+        "3:\n\t" /* two weight bytes per trip through Z */
+        "movw r30, %[w]\n\t"
+        "lpm %[u], Z+\n\t"
+        "lpm __tmp_reg__, Z+\n\t"
+        "movw %[w], r30\n\t"
+        "ld %[t], X+\n\t"
+        "eor %[t], %[u]\n\t"
+        "movw r30, %[tb]\n\t"
+        "add r30, %[t]\n\t"
+        "adc r31, __zero_reg__\n\t"
+        "lpm %[t], Z\n\t"
+        "add %[m], %[t]\n\t"
+        "ld %[t], X+\n\t"
+        "eor %[t], __tmp_reg__\n\t"
+        "movw r30, %[tb]\n\t"
+        "add r30, %[t]\n\t"
+        "adc r31, __zero_reg__\n\t"
+        "lpm %[t], Z\n\t"
+        "add %[m], %[t]\n\t"
+        "dec %[n]\n\t"
+        "brne 3b\n\t"
+        "4:\n\t"
+        : [m] "+r"(m), [n] "+r"(n), [t] "=&r"(t), [u] "=&r"(u), "+x"(a), [w] "+r"(w)
+        : [tb] "r"(tb)
+        : "r30", "r31");
+    *pa = a;
+    *pw = w;
+    return m;
+}
+#else
+#define EBNN_AVR_ASM 0
+EBNN_INLINE uint8_t ebnn_run8(const uint8_t **pa, const uint8_t **pw, uint8_t n, uint8_t m)
+{
+    const uint8_t *a = *pa, *w = *pw;
+    for (; n > 0; n--) {
+        m = (uint8_t)(m + ebnn_pc8((uint8_t)(*a++ ^ EBNN_READ_U8(w++))));
     }
-    return win->n_valid - 2 * mism;
+    *pa = a;
+    *pw = w;
+    return m;
+}
+#endif
+
+/* ---- mismatches of a run of words --------------------------------------------------- */
+/* popcount(a XOR w) over n words of input map (RAM) and weights (flash). */
+static inline uint_fast16_t ebnn_mism(const ebnn_word_t *a, const ebnn_word_t *w,
+                                      uint_fast16_t n)
+{
+    uint_fast16_t m = 0;
+#if EBNN_MISM_MODE == 2 && EBNN_WORD_BITS < 32
+    /* Bytes, 4 at a time with unaligned loads. */
+    const uint8_t *pa = (const uint8_t *)a;
+    const uint8_t *pw = (const uint8_t *)w;
+    uint_fast16_t bytes = (uint_fast16_t)(n * (EBNN_WORD_BITS / 8));
+    for (; bytes >= 12; bytes -= 12, pa += 12, pw += 12) {
+        uint32_t s = ebnn_pc_nib(ebnn_ld32(pa) ^ ebnn_ld32(pw)) +
+                     ebnn_pc_nib(ebnn_ld32(pa + 4) ^ ebnn_ld32(pw + 4)) +
+                     ebnn_pc_nib(ebnn_ld32(pa + 8) ^ ebnn_ld32(pw + 8));
+        m = (uint_fast16_t)(m + ebnn_pc_total(ebnn_pc_byte(s)));
+    }
+    for (; bytes >= 4; bytes -= 4, pa += 4, pw += 4) {
+        m = (uint_fast16_t)(m + ebnn_pc32(ebnn_ld32(pa) ^ ebnn_ld32(pw)));
+    }
+    for (; bytes > 0; bytes--) {
+        m = (uint_fast16_t)(m + ebnn_pc8((uint8_t)(*pa++ ^ *pw++)));
+    }
+#elif EBNN_MISM_MODE != 0 && EBNN_WORD_BITS == 32
+    /* 32-bit words, 3 at a time with shared SWAR steps. */
+    for (; n >= 3; n -= 3, a += 3, w += 3) {
+        uint32_t s = ebnn_pc_nib(a[0] ^ EBNN_READ_WORD(w)) +
+                     ebnn_pc_nib(a[1] ^ EBNN_READ_WORD(w + 1)) +
+                     ebnn_pc_nib(a[2] ^ EBNN_READ_WORD(w + 2));
+        m = (uint_fast16_t)(m + ebnn_pc_total(ebnn_pc_byte(s)));
+    }
+    for (; n > 0; n--) {
+        m = (uint_fast16_t)(m + ebnn_pc32(*a++ ^ EBNN_READ_WORD(w++)));
+    }
+#else
+    for (; n > 0; n--) {
+        m = (uint_fast16_t)(m + ebnn_pc_word(*a++ ^ EBNN_READ_WORD(w++)));
+    }
+#endif
+    return m;
 }
 
-/* z of the first layer: sum over valid taps and channels of w * (x - m_c), w = +-1.
- * Weight bit b selects +v (b = 1) or -v (b = 0): with t = b - 1, that is (v ^ t) - t. */
-static inline int32_t ebnn_z_u8(const ebnn_layer_t *L, const ebnn_window_t *win,
-                                const ebnn_word_t *wt)
+/* ---- the first layer without subset-sum tables -------------------------------------- */
+/* z = sum over valid taps and channels of w * (x - m_c), w = +-1, at conv position
+ * (y, x) of an h x wd x c uint8 input; weight bit b selects +v (b = 1) or -v (b = 0).
+ * Used for a dense first layer (one position, no clipping) and for a convolution whose
+ * offsets do not suit the tables. */
+static inline int32_t ebnn_z_u8(const uint8_t *input, const int16_t *offsets,
+                                const ebnn_word_t *w, int y, int x, int h, int wd, int c,
+                                int cw, int kh, int kw, int pad)
 {
-    const uint8_t *in = L->bytes + win->in_start;
     int32_t z = 0;
-    size_t r, k, ch;
-    wt += win->wt_start;
-    for (r = 0; r < win->rows; r++) {
-        const uint8_t *px = in;
-        const ebnn_word_t *pw = wt;
-        for (k = 0; k < win->taps; k++) {
+    int ky, kx, ch;
+    for (ky = 0; ky < kh; ky++) {
+        int iy = y + ky - pad;
+        for (kx = 0; kx < kw; kx++) {
+            int ix = x + kx - pad;
+            const ebnn_word_t *pw = w + ((size_t)ky * (size_t)kw + (size_t)kx) * (size_t)cw;
+            const uint8_t *px;
             ebnn_word_t bits = 0;
-            for (ch = 0; ch < (size_t)L->c; ch++) {
-                int32_t v, t;
+            if (iy < 0 || iy >= h || ix < 0 || ix >= wd) {
+                continue;
+            }
+            px = input + ((size_t)iy * (size_t)wd + (size_t)ix) * (size_t)c;
+            for (ch = 0; ch < c; ch++) {
+                int32_t v = (int32_t)px[ch] - (int32_t)EBNN_READ_I16(offsets + ch);
                 if (ch % EBNN_WORD_BITS == 0) {
                     bits = EBNN_READ_WORD(pw++);
                 }
-                v = (int32_t)*px++ - (int32_t)EBNN_READ_I16(L->offsets + ch);
-                t = (int32_t)(bits & 1u) - 1;
-                z += (v ^ t) - t;
+                z += (bits & 1u) ? v : -v;
                 bits = (ebnn_word_t)(bits >> 1);
             }
         }
-        in += win->in_stride;
-        wt += win->wt_stride;
     }
     return z;
 }
 
-/* Centre the valid taps of the current conv position once for all channels: scratch gets
- * x - m_c tap by tap (row-major, channels innermost) and win->sum their sum S. */
-static inline void ebnn_centre(const ebnn_layer_t *L, ebnn_window_t *win)
+/* ---- pooling of a materialized comparison map --------------------------------------- */
+/* OR-pool a (hc x wc pixels of ow words) map in place (pool x pool windows, stride pool)
+ * and apply the flips. In place is safe: pooled pixel k reads conv pixels >= k only. */
+static inline void ebnn_pool_map(ebnn_word_t *map, const ebnn_word_t *flip, int hc, int wc,
+                                 int ow, int pool)
 {
-    const uint8_t *in = L->bytes + win->in_start;
-    int16_t *v = L->scratch;
-    int32_t sum = 0;
-    size_t r, k, ch;
-    for (r = 0; r < win->rows; r++) {
-        const uint8_t *px = in;
-        for (k = 0; k < win->taps; k++) {
-            for (ch = 0; ch < (size_t)L->c; ch++) {
-                int16_t d = (int16_t)(*px++ - EBNN_READ_I16(L->offsets + ch));
-                *v++ = d;
-                sum += d;
-            }
-        }
-        in += win->in_stride;
-    }
-    win->sum = sum;
-}
-
-/* z of the first layer from the centred window: z = 2 P - S, where P sums the values
- * whose weight is +1 (bit 1) and S all of them. */
-static inline int32_t ebnn_z_centred(const ebnn_layer_t *L, const ebnn_window_t *win,
-                                     const ebnn_word_t *wt)
-{
-    const int16_t *v = L->scratch;
-    int32_t p = 0;
-    size_t r, k, ch;
-    wt += win->wt_start;
-    for (r = 0; r < win->rows; r++) {
-        const ebnn_word_t *pw = wt;
-        for (k = 0; k < win->taps; k++) {
-            ebnn_word_t bits = 0;
-            for (ch = 0; ch < (size_t)L->c; ch++) {
-                if (ch % EBNN_WORD_BITS == 0) {
-                    bits = EBNN_READ_WORD(pw++);
-                }
-                p += (int32_t)*v++ & -(int32_t)(bits & 1u);
-                bits = (ebnn_word_t)(bits >> 1);
-            }
-        }
-        wt += win->wt_stride;
-    }
-    return 2 * p - win->sum;
-}
-
-static inline int32_t ebnn_z(const ebnn_layer_t *L, const ebnn_window_t *win,
-                             const ebnn_word_t *wt, int32_t t, int decide)
-{
-    if (L->bits) {
-        return ebnn_z_bits(L, win, wt, t, decide);
-    }
-    if (L->scratch) {
-        return ebnn_z_centred(L, win, wt);
-    }
-    return ebnn_z_u8(L, win, wt);
-}
-
-/* One conv position (y, x) for all o channels: clip the tap window once, then OR the
- * comparison bit z >= T of every channel into the pixel words `acc`, skipping a channel
- * whose bit is already set (its pooled OR is decided). */
-static inline void ebnn_position(const ebnn_layer_t *L, int y, int x, const ebnn_word_t *wt,
-                                 const int32_t *thr, int o, ebnn_word_t *acc)
-{
-    ebnn_window_t win;
-    ebnn_word_t mask = 1;
-    int ch;
-    ebnn_window(L, y, x, &win);
-    if (L->scratch) {
-        ebnn_centre(L, &win);
-    }
-    for (ch = 0; ch < o; ch++) {
-        if (!(*acc & mask)) {
-            int32_t t = EBNN_READ_I32(thr + ch);
-            if (ebnn_z(L, &win, wt, t, 1) >= t) {
-                *acc |= mask;
-            }
-        }
-        wt += L->fan_words;
-        mask = (ebnn_word_t)(mask << 1);
-        if (mask == 0) {
-            mask = 1;
-            acc++;
-        }
-    }
-}
-
-/* Fused conv -> pool -> threshold, output pixel by output pixel (least RAM): the output
- * pixel's own words in `out` collect the OR over its pool window, position by position,
- * and a channel already set skips the remaining positions; then the flips are applied.
- * No conv map is stored: the only state is the output pixel being built. */
-static inline void ebnn_bits_fused(const ebnn_layer_t *L, const ebnn_word_t *wt,
-                                   const int32_t *thr, const ebnn_word_t *flip, int o,
-                                   int pool, ebnn_word_t *out)
-{
-    int ho = (L->h + 2 * L->pad - L->kh + 1) / pool;
-    int wo = (L->w + 2 * L->pad - L->kw + 1) / pool;
-    size_t ow = ((size_t)o + EBNN_WORD_BITS - 1u) / EBNN_WORD_BITS;
-    int py, px, dy, dx;
-    size_t j;
-    for (py = 0; py < ho; py++) {
-        for (px = 0; px < wo; px++) {
-            for (j = 0; j < ow; j++) {
-                out[j] = 0;
-            }
-            for (dy = 0; dy < pool; dy++) {
-                for (dx = 0; dx < pool; dx++) {
-                    ebnn_position(L, py * pool + dy, px * pool + dx, wt, thr, o, out);
-                }
-            }
-            for (j = 0; j < ow; j++) {
-                out[j] = (ebnn_word_t)(out[j] ^ EBNN_READ_WORD(flip + j));
-            }
-            out += ow;
-        }
-    }
-}
-
-/* Materialized conv: first the binary comparison map (z >= T, before pooling) of every
- * conv position into `out`, which must hold the whole conv map; then OR-pool it in place
- * and apply the flips. In-place pooling is safe: pooled pixel k reads conv pixels at
- * indices >= k only. Fewer instructions than fused when pooling (no per-channel skip
- * test, a simple pooling pass), more RAM. */
-static inline void ebnn_bits_materialized(const ebnn_layer_t *L, const ebnn_word_t *wt,
-                                          const int32_t *thr, const ebnn_word_t *flip,
-                                          int o, int pool, ebnn_word_t *out)
-{
-    int hc = L->h + 2 * L->pad - L->kh + 1;
-    int wc = L->w + 2 * L->pad - L->kw + 1;
-    size_t ow = ((size_t)o + EBNN_WORD_BITS - 1u) / EBNN_WORD_BITS;
-    int y, x, dy, dx;
-    size_t j;
-    ebnn_word_t *dst = out;
-    for (y = 0; y < hc; y++) {
-        for (x = 0; x < wc; x++) {
-            for (j = 0; j < ow; j++) {
-                dst[j] = 0;
-            }
-            ebnn_position(L, y, x, wt, thr, o, dst);
-            dst += ow;
-        }
-    }
-    dst = out;
+    int y, x, dy, dx, j;
+    ebnn_word_t *dst = map;
     for (y = 0; y < hc / pool; y++) {
         for (x = 0; x < wc / pool; x++) {
             for (j = 0; j < ow; j++) {
@@ -366,28 +401,12 @@ static inline void ebnn_bits_materialized(const ebnn_layer_t *L, const ebnn_word
                     for (dx = 0; dx < pool; dx++) {
                         size_t src = (size_t)(y * pool + dy) * (size_t)wc
                                      + (size_t)(x * pool + dx);
-                        v |= out[src * ow + j];
+                        v |= map[src * (size_t)ow + (size_t)j];
                     }
                 }
                 *dst++ = (ebnn_word_t)(v ^ EBNN_READ_WORD(flip + j));
             }
         }
-    }
-}
-
-/* The output layer: one pixel, score_j = A_j * z_j + Bias_j in int32 (the exporter
- * guarantees |A_j| * max|z| + |Bias_j| < 2^30). */
-static inline void ebnn_output_scores(const ebnn_layer_t *L, const ebnn_word_t *wt,
-                                      const int32_t *scale, const int32_t *bias, int classes,
-                                      int32_t *scores)
-{
-    int j;
-    ebnn_window_t win;
-    ebnn_window(L, 0, 0, &win);
-    for (j = 0; j < classes; j++) {
-        int32_t z = ebnn_z(L, &win, wt, 0, 0);
-        scores[j] = EBNN_READ_I32(scale + j) * z + EBNN_READ_I32(bias + j);
-        wt += L->fan_words;
     }
 }
 

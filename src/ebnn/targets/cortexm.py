@@ -167,6 +167,8 @@ class CortexM:
             hook = uc.hook_add(unicorn.UC_HOOK_BLOCK, self._on_block)
         elif mode == "trace":
             hook = uc.hook_add(unicorn.UC_HOOK_CODE, self._on_code)
+        elif mode == "none":  # the caller's hook counts (profile)
+            hook = None
         else:
             raise ValueError(f"mode must be 'fast' or 'trace', not {mode!r}")
         try:
@@ -176,12 +178,13 @@ class CortexM:
             raise EmulationError(f"{function} on {self.target.name}: {e} at pc={pc:#x} "
                                  f"after {self._count} instructions") from e
         finally:
-            uc.hook_del(hook)
+            if hook is not None:
+                uc.hook_del(hook)
         pc = uc.reg_read(arm.UC_ARM_REG_PC)
         if pc != self.sentinel:
             raise EmulationError(f"{function} did not return within {self.max_instructions} "
                                  f"instructions (pc={pc:#x})")
-        if mode == "fast":
+        if mode in ("fast", "none"):
             stack = self._painted_depth()
         else:
             stack = self.stack_top - self._min_sp
@@ -207,6 +210,35 @@ class CortexM:
             output_len: int | None = None, mode: str = "fast") -> list[RunResult]:
         """:meth:`call` for each input."""
         return [self.call(x, function, output_len, mode) for x in inputs]
+
+    def profile(self, input_bytes: bytes, function: str, symbols: Sequence[str]
+                ) -> dict[str, int]:
+        """Instructions of one call of ``function`` spent inside each function of
+        ``symbols`` (address ranges from the symbol table; blocks elsewhere count under
+        ``""``). The values add up to :meth:`call`'s count: a per-layer breakdown of a
+        generated model when ``symbols`` are its ``<name>_l<i>`` functions (never
+        inlined)."""
+        spans = sorted((self.symbols[s][0] & ~1, (self.symbols[s][0] & ~1) + self.symbols[s][1],
+                        s) for s in symbols if s in self.symbols)
+        counts = dict.fromkeys([*symbols, ""], 0)
+        where: dict[int, str] = {}
+
+        def on_block(uc: unicorn.Uc, address: int, size: int, data: object) -> None:
+            name = where.get(address)
+            if name is None:
+                name = where[address] = next((s for lo, hi, s in spans if lo <= address < hi),
+                                             "")
+            before = self._count
+            self._on_block(uc, address, size, data)
+            counts[name] += self._count - before
+
+        hook = self.uc.hook_add(unicorn.UC_HOOK_BLOCK, on_block)
+        try:
+            total = self.call(input_bytes, function, mode="none").count
+        finally:
+            self.uc.hook_del(hook)
+        assert sum(counts.values()) == total
+        return counts
 
     def run_reset(self, until: str = "ebnn_halt") -> int:
         """Boot from the vector table (reset handler, ``main``) until ``until`` is reached;

@@ -9,7 +9,7 @@ bytes ``ebnn_input[]`` and writes the int32 array ``ebnn_output[]`` and/or the i
 
 :func:`harness_source` turns it into a C file for a target. Every variant defines
 
-    uint8_t ebnn_input[INPUT_LEN];   (4-byte aligned)     int32_t ebnn_output[OUTPUT_LEN];
+    uint8_t ebnn_input[INPUT_LEN];   (4-byte aligned but on AVR)  int32_t ebnn_output[OUTPUT_LEN];
     int32_t ebnn_ret;                void ebnn_run(void) { <call> }   (never inlined)
 
 and differs in its ``main``:
@@ -78,7 +78,14 @@ _COMMON = """\
 #define EBNN_INPUT_LEN {input_len}
 #define EBNN_OUTPUT_LEN {output_len}
 
+/* 4-byte aligned for 32-bit reads, except on AVR: there nothing is aligned, and an
+   aligned input would leave a hole of 0-3 bytes that depends on the size of what the
+   linker put before it, so the model's RAM delta against the baseline would be off. */
+#if defined(__AVR__)
+uint8_t ebnn_input[EBNN_INPUT_LEN];
+#else
 uint8_t ebnn_input[EBNN_INPUT_LEN] __attribute__((aligned(4)));
+#endif
 int32_t ebnn_output[EBNN_OUTPUT_LEN];
 int32_t ebnn_ret;
 
