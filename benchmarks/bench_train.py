@@ -33,6 +33,7 @@ RUNS = {
     # name: (data source, data dir, preset, epochs, extra TrainConfig settings)
     "mnist-2kb": ("mnist", MNIST_DIR, "mnist-2kb", 30, {"augment_shift": 1}),
     "mnist": ("mnist", MNIST_DIR, "ebnn-mnist", 60, {"augment_shift": 2}),
+    "mnist-mcu": ("mnist", MNIST_DIR, "mnist-mcu", 30, {"augment_shift": 1}),
     "fashion": ("fashion-mnist", FASHION_DIR, "small-conv", 10, {"batch_size": 128}),
     "mlp": ("mnist", MNIST_DIR, "bnn-mlp:1024", 30, {"augment_shift": 1}),
 }

@@ -120,6 +120,8 @@ def _error_line(capsys, argv: list[str]) -> str:
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("blocks: [unclosed\n")
     base = ["train", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "m.pt")]
     cases = [
         (["eval", str(tmp_path / "missing.pt"), "--data", "digits"], "no such checkpoint"),
@@ -127,6 +129,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
         (["summary", str(junk)], "not a readable checkpoint"),
         (["summary", "no-such-preset"], "neither a preset"),
         (["spec", "no-such-preset"], "neither a preset"),
+        (["spec", str(bad_yaml)], "not valid YAML"),
         ([*base, "--model", "no-such-preset"], "neither a preset"),
         (["train", "--data", str(tmp_path / "nope.csv"), "--model", "digits", "--epochs", "1",
           "--out", str(tmp_path / "m.pt")], "neither a known source"),
