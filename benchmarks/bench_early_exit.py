@@ -54,17 +54,33 @@ def skipped(model, x, word_bits: int, chunk: int, orders) -> tuple[float, list[f
     return 1 - done / full, [1 - d / f for f, d in per_layer.values()]
 
 
-def emulated(model, x, y, images: int) -> list[dict]:
+def host_c_identical(model, x) -> dict:
+    """The compiled C with and without early exit against the engine, on every image of
+    ``x``: scores must be identical (the issue's all-10,000-images check)."""
+    from ebnn.hostc import convert
+
+    ref = engine.scores(model, x)
+    row = {"images": len(x)}
+    for ee in (False, True):
+        got = convert(model, early_exit=ee).scores(x)
+        same = int((got == ref).all(axis=1).sum())
+        assert same == len(x), f"early_exit={ee}: {len(x) - same} images differ"
+        row["C early exit" if ee else "C full"] = f"{same}/{len(x)} identical scores"
+    return row
+
+
+def emulated(model, x, y, images: int, word_bits: dict[str, int]) -> list[dict]:
     from ebnn.mcu import bench_on_target
 
     rows = []
     for target in ("cortex-m0plus", "cortex-m4"):
         counts = {}
         for ee in (False, True):
-            r = bench_on_target(model, target, x, y, images=images, early_exit=ee, jobs=2)
+            r = bench_on_target(model, target, x, y, images=images, early_exit=ee, jobs=2,
+                                word_bits=word_bits.get(target))
             assert r["agree_with_engine"], r
             counts[ee] = r["instructions_per_inference"]
-        rows.append({"target": target, "images": images,
+        rows.append({"target": target, "word bits": r["word_bits"], "images": images,
                      "instructions (full)": round(counts[False]),
                      "instructions (early exit)": round(counts[True]),
                      "saving": f"{1 - counts[True] / counts[False]:.1%}"})
@@ -79,6 +95,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=10000, help="test images for the counts")
     ap.add_argument("--emulated-images", type=int, default=20)
     ap.add_argument("--no-emulation", action="store_true")
+    ap.add_argument("--word-bits", action="append", default=[], metavar="TARGET=BITS",
+                    help="packing word for an emulated target instead of its default")
     args = ap.parse_args()
 
     test = load_dataset("mnist", "test", MNIST_DIR)
@@ -113,12 +131,16 @@ def main() -> None:
             "always evaluated in full (its scores are needed), so it is not counted. The "
             "decisive tap order is computed on 500 training images.\n\n" +
             markdown_table(rows))
+    model = models["plain"]
+    early_exit.set_tap_order(model, calib_x)
+    body += ("\n\nThe compiled C (host, 32-bit words, decisive tap order stored in the model) "
+             "against the NumPy engine on every test image, with and without early exit:"
+             "\n\n" + markdown_table([host_c_identical(model, x)]))
     if not args.no_emulation:
-        model = models["plain"]
-        early_exit.set_tap_order(model, calib_x)
+        word_bits = {t: int(b) for t, _, b in (w.partition("=") for w in args.word_bits)}
         body += ("\n\nC early exit in emulation (decisive tap order stored in the model), "
                  "instructions per inference, mean over the first test images:\n\n" +
-                 markdown_table(emulated(model, x, y, args.emulated_images)))
+                 markdown_table(emulated(model, x, y, args.emulated_images, word_bits)))
     write_section("early-exit", "Early exit (issue #7)", body)
 
 

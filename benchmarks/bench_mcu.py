@@ -144,6 +144,9 @@ def main() -> int:
     ap.add_argument("--variant-images", type=int, default=2,
                     help="images per word size / popcount variant (0: skip that table)")
     ap.add_argument("--targets", nargs="+", default=MCU, choices=MCU)
+    ap.add_argument("--word-bits", action="append", default=[], metavar="TARGET=BITS",
+                    help="packing word for a target's main run instead of its default "
+                    "(e.g. cortex-m4=16; the variant table shows every size)")
     ap.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "bench" / "mcu",
                     help="build directory")
@@ -158,7 +161,8 @@ def main() -> int:
     model = load_integer_model(args.model)
     test = load_dataset("mnist", "test", MNIST_DIR)
     x, y = test.x[:args.images], test.y[:args.images]
-    builds = build_all(model, [(t, None, None) for t in args.targets], args.out)
+    word_bits = {t: int(b) for t, _, b in (w.partition("=") for w in args.word_bits)}
+    builds = build_all(model, [(t, word_bits.get(t), None) for t in args.targets], args.out)
     configs = [(t, wb, pc) for t in args.targets for wb in (8, 16, 32) for pc in POPCOUNTS]
     variant_builds = build_all(model, configs, args.out / "variants") \
         if args.variant_images else []
