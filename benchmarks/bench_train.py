@@ -73,7 +73,8 @@ def main() -> None:
 channels padded to 32-bit words per pixel). The runs resume from their checkpoint in
 build/bench/ if interrupted; delete it to retrain from scratch."""
     write_section("train" + ("-" + "-".join(args.only) if args.only else ""),
-                  "Training (issue #2)", body)
+                  "Training" + (f": {', '.join(args.only)}" if args.only else "")
+                  + " (issue #2)", body)
 
 
 if __name__ == "__main__":
