@@ -28,6 +28,7 @@ from ebnn.mcu import (  # noqa: E402
     bench_on_target,
     build_model_for_target,
     choose_popcount,
+    layer_profile,
     run_on_target,
 )
 from ebnn.memory import STACK_BOUNDS  # noqa: E402
@@ -156,6 +157,21 @@ def test_avr_counts_are_predicts_own(tmp_path, small):
     assert own.count == raw.count - (stub.count - 4)
     assert own.stack_bytes == raw.stack_bytes - (stub.stack_bytes - 2)
     assert own.ret == raw.ret == int(engine.predict(small, inputs(small, 1)[:1])[0])
+
+
+@pytest.mark.parametrize("target", ["cortex-m0plus", "cortex-m4"])
+def test_layer_profile_adds_up(tmp_path, small, target):
+    """Per-layer instruction counts of one predict: every layer takes some, and they add
+    up to the call's own count."""
+    _need(target)
+    tb = build_model_for_target(small, target, tmp_path)
+    img = engine.to_hwc(small, inputs(small, 1))[0].tobytes()
+    prof = layer_profile(tb, img)
+    assert list(prof) == ["l0", "l1", "l2", "rest"]
+    assert all(prof[f"l{i}"] > 0 for i in range(3)) and 0 < prof["rest"] < 200
+    assert sum(prof.values()) == run_on_target(tb, [img])[0].count
+    with pytest.raises(ValueError, match="Cortex-M"):
+        layer_profile(build_model_for_target(small, "host", tmp_path / "h"), img)
 
 
 def test_avr_bench_in_a_temporary_build(small):

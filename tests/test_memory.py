@@ -49,13 +49,16 @@ def test_ebnn_mnist_by_hand():
 
 
 def test_first_layer_tables():
-    """The first conv layer's subset-sum tables: group sizes by the cost rule, entry byte
-    offsets in one byte while the tables fit 256 bytes, sizes rounded to 4 bytes."""
+    """The first conv layer's subset-sum tables: group sizes by the cost rule; entry byte
+    offsets kept in RAM only beyond 32 channels (else constants in the code), in one byte
+    while the tables fit 256 bytes; sizes rounded to 4 bytes."""
     t = first_layer_tables((3, 3), 1, 32)  # ebnn-mnist's first layer
     assert t.values == 9 and t.groups == (3, 3, 3)
     assert (t.table_entries, t.table_bytes, t.index_bytes) == (24, 48, 1)
     assert t.group_base == [0, 8, 16]
-    assert t.scratch_bytes == 48 + 32 * 3 == 144
+    assert not t.indexed and t.scratch_bytes == 48
+    t = first_layer_tables((3, 3), 1, 33)
+    assert t.indexed and t.scratch_bytes == 48 + 33 * 3 + 1  # rounded to 4
     # 8 channels: 2-value groups cost 2 * 13 + 8 * 5 = 66 entries + lookups, as much as
     # 3-value groups (2 * 21 + 8 * 3), and have the smaller tables.
     assert first_layer_tables((3, 3), 1, 8).groups == (2, 2, 2, 2, 1)
@@ -66,12 +69,13 @@ def test_first_layer_tables():
         t = first_layer_tables(kernel, c, o)
         assert sum(t.groups) == kernel[0] * kernel[1] * c and max(t.groups) <= 5
         assert t.scratch_bytes % 4 == 0
-        assert t.scratch_bytes >= t.table_bytes + o * len(t.groups) * t.index_bytes
+        assert t.scratch_bytes >= t.table_bytes + o * len(t.groups) * t.index_bytes * \
+            t.indexed
     # The plan puts them in buffer 1, which grows only if they are larger than its maps.
     plan = plan_memory(load_spec("ebnn-mnist"), 32)
-    assert plan.scratch_bytes == 144 <= plan.buffer_bytes[1]
+    assert plan.scratch_bytes == 48 <= plan.buffer_bytes[1]
     digits = plan_memory(load_spec("digits"), 8)  # buffer 1 would hold 8 bytes of bits
-    assert digits.scratch_bytes == 144 == digits.buffer_bytes[1]
+    assert digits.scratch_bytes == 48 == digits.buffer_bytes[1]
 
 
 def test_spec_and_folded_model_give_the_same_plan():
@@ -102,8 +106,9 @@ def test_single_output_layer_and_score_buffer_rounding():
                                 "blocks": [{"type": "dense", "units": 70},
                                            {"type": "dense", "units": 9}, {"type": "output"}]})
     plan = plan_memory(spec, 8)
-    # buffer 0 holds 70 bits (9 bytes) and the 2 scores (8 bytes): 9 rounded up to 12.
-    assert plan.buffer_bytes == (12, 2) and plan.score_buffer == 0
+    # buffer 0 holds 70 bits (9 bytes) and the 2 scores (8 bytes): 9 rounded up to 12;
+    # buffer 1's 9 bits (2 bytes) too, to 4.
+    assert plan.buffer_bytes == (12, 4) and plan.score_buffer == 0
 
 
 def test_modes_resolution():

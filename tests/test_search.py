@@ -154,7 +154,7 @@ def test_impossible_budget_is_a_clear_cli_error(tmp_path, capsys):
 
 # ---- real searches ------------------------------------------------------------------------
 def _cfg(out: Path, **kw) -> SearchConfig:
-    args = dict(data="digits", out=out, ram="800", flash="12KB", trials=3, epochs=2,
+    args = dict(data="digits", out=out, ram="800", flash="20KB", trials=3, epochs=2,
                 final_epochs=2, space=SMALL, threads=1)
     args.update(kw)
     return SearchConfig(**args)
@@ -179,7 +179,7 @@ def _check_within_budget(out: Path, ram: int, flash: int) -> list[dict]:
 def test_search_digits_within_budget_then_resume(tmp_path):
     out = tmp_path / "s"
     result = search(_cfg(out))
-    ram, flash = 800, 12 * 1024
+    ram, flash = 800, 20 * 1024
     rows = _check_within_budget(out, ram, flash)
     assert result.trained == 3 == sum(r["status"] in ("complete", "pruned") for r in rows)
     assert result.front == pareto_front(result.rows, result.budget)
@@ -235,7 +235,7 @@ def test_interrupted_search_resumes_the_trial(tmp_path):
     out = tmp_path / "s"
     # Two possible candidates (d32, d64): quick models.
     cmd = [sys.executable, "-m", "ebnn.cli", "search", "--data", "digits", "--ram", "800",
-           "--flash", "12KB", "--first", "dense", "--units", "32,64", "--max-dense-blocks", "1",
+           "--flash", "20KB", "--first", "dense", "--units", "32,64", "--max-dense-blocks", "1",
            # Enough epochs that the interrupt below always lands mid-training.
            "--epochs", "40", "--trials", "2", "--final-epochs", "1", "--threads", "1",
            "--out", str(out)]
@@ -281,7 +281,7 @@ def test_interrupted_search_resumes_the_trial(tmp_path):
 def test_two_workers_share_one_study(tmp_path):
     out = tmp_path / "w"
     result = search(_cfg(out, trials=4, epochs=1, workers=2, final=False))
-    rows = _check_within_budget(out, 800, 12 * 1024)
+    rows = _check_within_budget(out, 800, 20 * 1024)
     workers = {r["worker"] for r in rows if r["worker"]}
     assert len(workers) == 2, workers
     numbers = [r["number"] for r in rows]

@@ -55,9 +55,13 @@ instruction, a lower bound.
   the byte table saves only 2 of 22 instructions), the byte table on the ATmega328P
   (61 cycles against 162 for the best table-free variant; AVR shifts one bit per
   instruction, so SWAR costs 182).
-* The packing word is 32 bits on Cortex-M and 8 bits on AVR (an 8-bit CPU: wider words
-  only add carries). On the trained ebnn-mnist model every word size and popcount was
-  measured (``benchmarks/bench_mcu.py`` prints that table next to this choice): the
+* The packing word is 8 bits on AVR (an 8-bit CPU: wider words only add carries) and on
+  Cortex-M :func:`ebnn.codegen.choose_word_bits`: 32 bits where every channel count is a
+  multiple of 32, else 16 or 8, so that no pixel carries padding bits (the mnist-2kb
+  model's 16-channel first layer: 16-bit words take 1.35 M instructions per inference on
+  the Cortex-M4 against 3.0 M with 32-bit ones, 2.64 M against 4.16 M on the Cortex-M0+).
+  On the trained ebnn-mnist model every word size and popcount was measured with the
+  previous kernels (``benchmarks/bench_mcu.py`` prints that table next to this choice): the
   defaults were the fastest on the Cortex-M0+ and the ATmega328P (the byte table with
   8-bit words by 23 % over the next), and within 0.4 % of the fastest (16-bit SWAR) on
   the Cortex-M4.
@@ -80,7 +84,7 @@ from typing import Any
 
 import numpy as np
 
-from .codegen import ExportResult, export_c
+from .codegen import ExportResult, choose_word_bits, export_c
 from .deploy import IntegerModel
 from .targets import (
     BuildError,
@@ -105,7 +109,8 @@ POPCOUNT_COSTS: dict[str, dict[str, float]] = {
 }
 TABLE_VARIANTS = ("nibble", "byte_table")
 TABLE_MARGIN = 0.10  # a table variant must be this much cheaper than the best table-free one
-POPCOUNT_TABLE_SYMBOLS = ("ebnn_popcount_byte", "ebnn_popcount_nibble")  # in ebnn_popcount.h
+# in ebnn_popcount.h, and the AVR assembly's 256-byte aligned copy in ebnn_runtime.h
+POPCOUNT_TABLE_SYMBOLS = ("ebnn_popcount_byte", "ebnn_popcount_nibble", "ebnn_avr_pc")
 
 
 def choose_popcount(costs: Mapping[str, float]) -> str:
@@ -320,7 +325,9 @@ def build_model_for_target(model: IntegerModel | str | Path, target: str | Targe
     if not tgt.available():
         raise ValueError(f"{tgt.cc} is not installed; `make system` installs the toolchains")
     defaults = TARGET_DEFAULTS.get(tgt.name, TargetDefaults(32, "swar"))
-    word_bits = word_bits or defaults.word_bits
+    if not word_bits:  # on Cortex-M narrower words where channel counts ask for them
+        word_bits = choose_word_bits(model, tgt.name) if tgt.arch == "arm" else \
+            defaults.word_bits
     popcount = popcount or defaults.popcount
     if popcount not in VARIANTS or popcount == "loop":
         raise ValueError(f"unknown popcount {popcount!r}; choose one of "

@@ -29,8 +29,8 @@ What is counted (all in bytes, ``B = word_bits``; docs/FORMAT.md section 2 for p
   buffer the output layer's position would write (free at that point: the output layer
   reads the other one). A first layer that is a small convolution keeps its subset-sum
   tables in ``scratch_bytes`` of buffer 1 (free while layer 0 writes buffer 0; see
-  :func:`first_layer_tables` and :data:`MAX_TABLE_VALUES`). A buffer that holds scores
-  or the scratch is rounded up to a multiple of 4 bytes. The input belongs to the caller
+  :func:`first_layer_tables` and :data:`MAX_TABLE_VALUES`). Each buffer is rounded up to
+  a multiple of 4 bytes (and 4-byte aligned). The input belongs to the caller
   and is reported separately as ``input_bytes``. No feature map of integers is ever
   stored.
 * **stack**: a fixed bound per architecture, :data:`STACK_BOUNDS`; see there for how it
@@ -100,10 +100,12 @@ class FirstLayerTables:
     table holds the sum of every subset of its values (``2**size`` int16 entries, entry
     ``k`` = the values whose bit is set in ``k``), built once per position for all
     channels. A channel's ``z = 2 P - S`` then needs one lookup per group: ``P`` adds the
-    entries its weight bits select (the channel's pattern in each group, precomputed once
-    per inference as byte offsets of ``index_bytes`` each) and ``S`` is the sum of all
-    values. The group size minimises ``2 * (table entries built) + out_channels * groups``
-    (entries built per position against lookups per position), preferring smaller tables
+    entries its weight bits select (the channel's pattern in each group: up to
+    :data:`UNROLLED_CHANNELS` channels a constant in the generated code, beyond that byte
+    offsets of ``index_bytes`` each, computed once per inference into the scratch) and
+    ``S`` is the sum of all values. The group size minimises
+    ``2 * (table entries built) + out_channels * groups`` (entries built per position
+    against lookups per position), preferring smaller tables
     on a tie. (Tables per pool window, shared by its positions, were measured too: they
     need more RAM and were not faster on the ATmega328P or the Cortex-M0+.)
     """
@@ -136,10 +138,25 @@ class FirstLayerTables:
         return out
 
     @property
+    def indexed(self) -> bool:
+        """Whether the entries' offsets are kept in RAM (more than
+        :data:`UNROLLED_CHANNELS` channels; else they are constants in the code)."""
+        return self.out_channels > UNROLLED_CHANNELS
+
+    @property
     def scratch_bytes(self) -> int:
-        """Tables plus indices (``out_channels * len(groups)``), rounded up to 4 bytes."""
-        raw = self.table_bytes + self.out_channels * len(self.groups) * self.index_bytes
+        """Tables plus, if :attr:`indexed`, the indices (``out_channels * len(groups)``),
+        rounded up to 4 bytes."""
+        raw = self.table_bytes
+        if self.indexed:
+            raw += self.out_channels * len(self.groups) * self.index_bytes
         return -(-raw // 4) * 4
+
+
+#: A first conv layer with at most this many channels has its channels unrolled in the
+#: generated code, each channel's table entries constants, and its output words in
+#: registers.
+UNROLLED_CHANNELS = 32
 
 
 #: A first conv layer uses subset-sum tables up to this many values per position
@@ -374,11 +391,10 @@ def plan_memory(model: IntegerModel | ModelSpec, word_bits: int = 32,
                      if uses_first_layer_tables(g0.kind, g0.kernel, in_channels) else 0)
     buffers[1] = max(buffers[1], scratch_bytes)
     buffers[score_buffer] = max(buffers[score_buffer], score_bytes)
-    # Buffers that are unions with int32 scores or the scratch: a multiple of 4
-    # bytes, so that their size is the same on every architecture.
-    for k in range(2):
-        if k == score_buffer or (k == 1 and scratch_bytes):
-            buffers[k] = -(-buffers[k] // 4) * 4
+    # Every buffer is a multiple of 4 bytes (and 4-byte aligned in the C): the same size
+    # on every architecture, and no alignment hole after it that the linker would add
+    # only for some sizes (the ELF checks compare RAM to the byte).
+    buffers = [-(-b // 4) * 4 for b in buffers]
     first = layers[0].in_shape
     offset_bytes = 2 * in_channels
     tables = offset_bytes + sum(r.flash_bytes for r in rows)

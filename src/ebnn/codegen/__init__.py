@@ -25,8 +25,9 @@ count and padding a literal (:mod:`ebnn.codegen.kernels` has the details). At in
 conv positions (the whole kernel inside the map) the mismatch count of a channel is
 straight-line code over the window, reading each kernel row (contiguous in HWC) with the
 widest loads the CPU allows and sharing SWAR popcount steps between words; border
-positions of "same" convolutions run the same code with each tap guarded. How words are
-read is chosen when the C is compiled (``EBNN_MISM_MODE`` in ``ebnn_runtime.h``): one
+positions of "same" convolutions run the same code over their valid taps, one copy per
+border class (on 8-bit CPUs, for large kernels, one copy with each tap guarded). How
+words are read is chosen when the C is compiled (``EBNN_MISM_MODE`` in ``ebnn_runtime.h``): one
 popcount per word on 8-bit CPUs (with a small assembly loop on AVR), words packed into
 32-bit values on the Cortex-M0+, unaligned 32-bit loads on the Cortex-M4 and x86, where
 8- or 16-bit words therefore cost no more than 32-bit ones and waste no padding bits.
@@ -35,9 +36,10 @@ popcount per word on 8-bit CPUs (with a small assembly loop on AVR), words packe
 input bits (or the ``uint8`` input) straight to output bits. Each conv layer has a mode
 (``IntLayer.mode``, or ``modes=`` here):
 
-* ``fused`` (least RAM): output pixel by output pixel. For each channel the positions of
-  the pool window are tried in turn and the OR stops at the first comparison
-  ``z >= T`` that holds; then the flip is applied. Nothing but the output map is stored.
+* ``fused`` (least RAM): output pixel by output pixel. The positions of the pool window
+  are visited in turn and at each one every channel whose comparison ``z >= T`` has not
+  held yet is evaluated (the OR stops per channel at its first firing position); then
+  the flip is applied. Nothing but the output map is stored.
 * ``materialized``: the binary comparison map of the whole conv (before pooling) is
   written into the layer's output buffer, then OR-pooled there in place and flipped. It
   needs RAM for the pre-pool map and evaluates every position; it is there for
@@ -47,7 +49,9 @@ The first conv layer (``uint8`` input) builds, per conv position, small subset-s
 tables of the centred inputs ``x - m_c`` shared by all channels; a channel's
 ``z = 2 P - S`` is then one table lookup per group of taps
 (:class:`ebnn.memory.FirstLayerTables`; the tables live in buffer 1, free during layer
-0). Dense and output layers are convolutions whose kernel covers the map. Layer ``i``
+0). A position whose inputs are all 0 (background) needs none of it: its comparison bits
+are constants of the model, computed when the C is generated. Dense and output layers
+are convolutions whose kernel covers the map. Layer ``i``
 writes ping-pong buffer ``i % 2`` and reads the other.
 
 ``early_exit=True`` (O3BNN-R, see :mod:`ebnn.early_exit`) evaluates each channel's taps
@@ -82,8 +86,10 @@ __all__ = ["ExportResult", "export_c", "c_name", "choose_word_bits", "early_exit
 #: Input bits between two early-exit checks, per target (``None``: any other); the
 #: interval in words is ``max(1, bits // word_bits)`` (:func:`early_exit_interval`).
 #:
-#: Chosen by measurement (:mod:`ebnn.targets`, exact counts) on the trained ebnn-mnist
-#: model (96.7 %), 8 MNIST test images, every interval with and without the decisive tap
+#: Chosen by measurement (:mod:`ebnn.targets`, exact counts) with the kernels before the
+#: position-major loop and border classes (the figures below are from then), on the
+#: trained ebnn-mnist model (96.7 %), 8 MNIST test images, every interval with and
+#: without the decisive tap
 #: order, against the same export without early exit. A check costs about half a word's
 #: work (fold the SWAR sums, two compares and branches), and the bounds rarely decide a
 #: 288-bit window early: the pool OR, which always stops at the first firing position,

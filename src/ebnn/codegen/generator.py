@@ -227,13 +227,16 @@ def _buffers(model: IntegerModel, plan: MemoryPlan, name: str) -> str:
             layer = model.layers[0]
             t = first_layer_tables(layer.kernel, layer.in_shape[2], layer.out_channels)
             itype = "uint8_t" if t.index_bytes == 1 else "uint16_t"
-            nidx = layer.out_channels * len(t.groups)
+            nidx = layer.out_channels * len(t.groups) if t.indexed else 0
             pad = plan.scratch_bytes - t.table_bytes - nidx * t.index_bytes
-            scratch = [f"        int16_t tab[{t.table_entries}];",
-                       f"        {itype} idx[{nidx}];"]
+            scratch = [f"        int16_t tab[{t.table_entries}];"]
+            if nidx:
+                scratch.append(f"        {itype} idx[{nidx}];")
             if pad:
                 scratch.append(f"        uint8_t pad[{pad}];")
             members.append("    struct {\n" + "\n".join(scratch) + "\n    } l0;")
+        if len(members) == 1 and wbytes < 4:  # 4-byte aligned, as the plan assumes
+            members.append("    uint32_t align;")
         kind = "union" if len(members) > 1 else "struct"
         out.append(f"static {kind} {{\n" + "\n".join(members) + f"\n}} {name}_buf{k};")
     return "\n".join(out)

@@ -4,28 +4,41 @@ Every layer becomes one function of its own (``EBNN_LAYER``: never inlined, so t
 holds one layer's frame at a time) whose shapes, strides, word counts and padding are
 literals, so the compiler sees constant trip counts and offsets. Three kinds:
 
-* **bit layers** (conv or dense over a binary map): for each output pixel and channel,
-  the pool window's conv positions are tried in turn and the OR stops at the first one
-  whose comparison holds (``fused``); ``materialized`` stores every comparison bit and
-  pools afterwards. At an **interior** position (the whole kernel inside the map) the
-  mismatch count ``popcount(input XOR weights)`` is straight-line code over the window:
-  kernel rows are contiguous in HWC, so the words of a row are read with the widest
-  loads the CPU allows (``EBNN_MISM_MODE`` in ``ebnn_runtime.h``: unaligned 32-bit
-  loads, words packed into 32-bit values, or one popcount per word, on AVR an unrolled
-  assembly sequence) and several popcounts share their SWAR steps. The channel fires iff
-  ``mismatches <= floor((N - T) / 2)``. **Border** positions ("same" padding) run the
-  same code with every tap guarded by its row and column flags, and ``N`` counts the
-  valid taps only. Windows too long to unroll call ``ebnn_mism`` per contiguous run.
-  With early exit the code checks the bound every ``every`` words, in the layer's
-  ``tap_order`` when it has one: after ``m`` mismatches with ``R`` real bits still to
-  come the comparison is decided false once ``m > lim`` and true once ``m + R <= lim``.
+* **bit layers** (conv or dense over a binary map), **position-major**: for each output
+  pixel the conv positions of its pool window are visited in turn, and at each one every
+  channel that has not fired yet in this window is evaluated (``fused``: the OR over the
+  window stops per channel at its first firing position; ``materialized`` stores every
+  comparison bit and pools afterwards). Work that depends only on the position (is it
+  interior, which border class) is done once for all channels. At an **interior**
+  position (the whole kernel inside the map) the mismatch count
+  ``popcount(input XOR weights)`` is straight-line code over the window: kernel rows are
+  contiguous in HWC, so the words of a row are read with the widest loads the CPU allows
+  (``EBNN_MISM_MODE`` in ``ebnn_runtime.h``: unaligned 32-bit loads, words packed into
+  32-bit values, or one popcount per word, on AVR an unrolled assembly sequence) and
+  several popcounts share their SWAR steps (on Thumb-2 with the masks in registers). The
+  channel fires iff ``mismatches <= floor((N - T) / 2)``. At a **border** position
+  ("same" padding) the valid taps form a rectangle, one of a few **border classes** per
+  layer (which kernel rows x which kernel columns are inside the map); each class gets
+  the interior code over its own taps with its own ``N`` as a literal. On 8-bit CPUs,
+  whose flash is small, that is done only for 8-bit words without early exit while the
+  classes' code stays within :data:`AVR_BORDER_CODE_BYTES`; otherwise border positions
+  run one copy of the window code with every tap guarded by its row and column flags and
+  ``N`` counting the valid taps only. Windows too long to unroll call ``ebnn_mism`` per
+  contiguous run. With early exit the code checks the bound every ``every`` words, in
+  the layer's ``tap_order`` when it has one: after ``m`` mismatches with ``R`` real bits
+  still to come the comparison is decided false once ``m > lim`` and true once
+  ``m + R <= lim``.
 * **the first layer** (``uint8`` input) of a convolution: per conv position the centred
   values ``x - m_c`` (0 outside the input, which is exactly the zero padding) fill small
   subset-sum tables shared by all channels (:class:`ebnn.memory.FirstLayerTables`), and a
-  channel's ``z = 2 P - S`` is one lookup per group; the lookups' byte offsets are
-  computed once per inference from the packed weights. Positions go in pool-window order,
-  the output pixel's words stay in registers, and a channel whose bit is already set
-  skips the rest of the window. A dense first layer, or one whose offsets lie outside
+  channel's ``z = 2 P - S`` is one lookup per group; up to
+  :data:`ebnn.memory.UNROLLED_CHANNELS` channels the lookups are constants in the code
+  (from the weights, at generation time), beyond that byte offsets computed once per
+  inference. A position whose valid inputs are **all 0** (an image's background: about
+  65 % of MNIST's) skips all of that: its comparisons are constants per border class
+  (:func:`zero_window_bits`), ORed in at once. Positions go in pool-window order, the
+  output pixel's words stay in registers, and a channel whose bit is already set skips
+  the rest of the window. A dense first layer, or one whose offsets lie outside
   [0, 255], uses the runtime's generic ``ebnn_z_u8``.
 * **the output layer**: ``score_j = A_j * z_j + Bias_j``.
 
@@ -39,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..bits import words_for
+from ..bits import pack, words_for
 from ..deploy import IntLayer
 from ..memory import first_layer_tables, uses_first_layer_tables
 
@@ -48,6 +61,13 @@ from ..memory import first_layer_tables, uses_first_layer_tables
 UNROLL_TERMS = 24
 UNROLL_WORDS_MODE0 = 40
 INT16_SAFE = 32767
+# Border positions get one specialised copy of the window code per border class on every
+# CPU while that is at most this many bytes of AVR code (3x3 kernels: about 2 KB at 32
+# channels); larger kernels keep one guarded copy on 8-bit CPUs, whose flash is small.
+AVR_BORDER_CODE_BYTES = 3072
+# Above this (wide 5x5 layers: tens of KB) every CPU keeps the one guarded copy, so that
+# the code of a layer stays bounded and flash goes to the weights.
+BORDER_CODE_BYTES = 4 * AVR_BORDER_CODE_BYTES
 
 
 @dataclass
@@ -206,7 +226,7 @@ def _sum_code(terms: list[str], variant: int, mtype: str) -> list[str]:
     for i in range(0, len(terms), 7):  # <= 7 values per fold (224 bits < 256)
         fold = terms[i:i + 7]
         groups = [fold[k:k + 3] for k in range(0, len(fold), 3)]
-        parts = ["ebnn_pc_byte(" + " + ".join(f"ebnn_pc_nib({t})" for t in g) + ")"
+        parts = ["ebnn_pc_byte_k(" + " + ".join(f"ebnn_pc_nib_k({t})" for t in g) + ")"
                  for g in groups]
         out.append(f"m = ({mtype})(m + ebnn_pc_total(" + " +\n    ".join(parts) + "));")
     return out
@@ -220,9 +240,8 @@ def _mode0_code(c: Code, words: list[tuple[int, int, int]], word_bits: int, mtyp
     (relative to ``ai``/``wi``; -1 unknown) and is updated."""
     per = max(1, 255 // word_bits)
     runs = _runs(words)
-    if word_bits == 8 and all(r[1] + r[2] == s[1] for r, s in zip(runs, runs[1:],
-                                                                   strict=False)):
-        # Weights contiguous (natural tap order): unrolled assembly on AVR.
+    if word_bits == 8 and _avr_asm_ok(runs):
+        # Weights in order (natural tap order): unrolled assembly on AVR.
         c("#if EBNN_AVR_ASM")
         _avr_asm(c, runs, mtype)
         c("#else")
@@ -275,18 +294,28 @@ def _run8_code(c: Code, runs: list[tuple[int, int, int]], mtype: str, pos: list[
                 c(f"m = ({mtype})(m + ebnn_run8(&pa, &pw, {k}, 0));")
 
 
+def _avr_asm_ok(runs: list[tuple[int, int, int]]) -> bool:
+    """Whether :func:`_avr_asm` takes these runs: weights in order, gaps of at most 63."""
+    return all(0 <= s[1] - (r[1] + r[2]) <= 63 for r, s in zip(runs, runs[1:], strict=False))
+
+
 def _avr_asm(c: Code, runs: list[tuple[int, int, int]], mtype: str) -> None:
-    """Runs of 8-bit words with contiguous weights as unrolled AVR assembly (see
-    EBNN_AVR_W4 in ebnn_runtime.h), one statement per 31 bytes at most."""
-    steps: list[int] = []  # -1: one byte; k >= 0: skip k input bytes
-    for k, (a, _, n) in enumerate(runs):
+    """Runs of 8-bit words as unrolled AVR assembly (see EBNN_AVR_W4 in ebnn_runtime.h),
+    one statement per 31 bytes at most. Input gaps move X; weight gaps (the rows of a
+    border position's valid taps) move the weight pointer before the next batch, and a
+    batch of weight bytes never spans a gap."""
+    steps: list[tuple[str, int]] = []  # ("b", 0): one byte; ("a"/"w", k): skip k bytes
+    for k, (a, w, n) in enumerate(runs):
         if k:
-            prev_a, _, prev_n = runs[k - 1]
-            steps.append(a - (prev_a + prev_n))
-        steps += [-1] * n
-    chunks: list[list[int]] = [[]]
+            prev_a, prev_w, prev_n = runs[k - 1]
+            if a - (prev_a + prev_n):
+                steps.append(("a", a - (prev_a + prev_n)))
+            if w - (prev_w + prev_n):
+                steps.append(("w", w - (prev_w + prev_n)))
+        steps += [("b", 0)] * n
+    chunks: list[list[tuple[str, int]]] = [[]]
     for step in steps:
-        if step == -1 and chunks[-1].count(-1) == 31:
+        if step[0] == "b" and sum(s[0] == "b" for s in chunks[-1]) == 31:
             chunks.append([])
         chunks[-1].append(step)
     c("{")
@@ -295,22 +324,28 @@ def _avr_asm(c: Code, runs: list[tuple[int, int, int]], mtype: str) -> None:
       "    uint8_t vt, v0, v1, v2, v3, vm; /* no clash with the layer's t, w */")
     for chunk in chunks:
         parts: list[str] = []
-        left = chunk.count(-1)  # bytes still to do in this statement
         slot = batch = 0
-        for step in chunk:
-            if step >= 0:
-                if 0 < step <= 63:
-                    parts.append(f'"adiw r26, {step}\\n\\t"')
-                elif step:
-                    parts.append(f'"subi r26, lo8({-step})\\n\\tsbci r27, hi8({-step})\\n\\t"')
+        for i, (kind, k) in enumerate(chunk):
+            if kind == "a":
+                if 0 < k <= 63:
+                    parts.append(f'"adiw r26, {k}\\n\\t"')
+                else:
+                    parts.append(f'"subi r26, lo8({-k})\\n\\tsbci r27, hi8({-k})\\n\\t"')
+                continue
+            if kind == "w":
+                parts.append(f'"movw r30, %[w]\\n\\tadiw r30, {k}\\n\\tmovw %[w], r30\\n\\t"')
                 continue
             if slot == batch:  # the loaded weight bytes are used up: load the next ones
+                left = 0  # bytes up to the next weight gap or the statement's end
+                for kind2, _ in chunk[i:]:
+                    if kind2 == "w":
+                        break
+                    left += kind2 == "b"
                 batch = 4 if left >= 4 else 2 if left >= 2 else 1
                 parts.append(f"EBNN_AVR_W{batch}")
                 slot = 0
             parts.append(f"EBNN_AVR_B({slot})")
             slot += 1
-            left -= 1
         c("    vm = 0;")
         lines = [" ".join(parts[i:i + 5]) for i in range(0, len(parts), 5)]
         c("    __asm__ __volatile__(" + lines[0], *("        " + line for line in lines[1:]))
@@ -331,7 +366,7 @@ def _check(c: Code, remaining: int, yes: str, no: str, lim: str = "lim") -> None
 
 
 def mism_block(c: Code, words: list[tuple[int, int, int]], variant: int, wbytes: int,
-               mtype: str, every: int | None, yes: str, no: str) -> None:
+               mtype: str, every: int | None, yes: str, no: str, lim: str = "lim") -> None:
     """Straight-line ``m = mismatches`` over ``words``, with early-exit checks every
     ``every`` words (``goto yes``/``goto no`` when decided; ``every`` is None without
     early exit). ``m`` and ``lim`` are declared by the caller."""
@@ -345,16 +380,53 @@ def mism_block(c: Code, words: list[tuple[int, int, int]], variant: int, wbytes:
     for k, seg in enumerate(segs):
         if variant == 0:
             _mode0_code(c, seg, 8 * wbytes, mtype, pos)
+        elif variant == 1 and wbytes == 4 and _pairs(seg):
+            c("#if EBNN_LDRD")
+            _ldrd_code(c, seg, mtype)
+            c("#else")
+            for line in _sum_code(_terms(seg, variant, wbytes), variant, mtype):
+                c(*line.split("\n"))
+            c("#endif")
         else:
             for line in _sum_code(_terms(seg, variant, wbytes), variant, mtype):
                 c(*line.split("\n"))
         seen += sum(b for _, _, b in seg)
         if every and k < len(segs) - 1:
-            _check(c, total_bits - seen, yes, no)
+            _check(c, total_bits - seen, yes, no, lim)
+
+
+def _pairs(words: list[tuple[int, int, int]]) -> bool:
+    """Whether some group of 3 words (as :func:`_ldrd_code` takes them) starts with two
+    words adjacent in the input and in the weights, within LDRD's reach."""
+    return any(len(g) >= 2 and g[1][0] == g[0][0] + 1 and g[1][1] == g[0][1] + 1
+               and 4 * max(g[0][0], g[0][1]) <= 1020
+               for g in (words[i:i + 3] for i in range(0, len(words), 3)))
+
+
+def _ldrd_code(c: Code, words: list[tuple[int, int, int]], mtype: str) -> None:
+    """32-bit words on Thumb-2 (``EBNN_LD2``): each group of 3 words reads its first two
+    input words and weights with one LDRD each (where adjacent), which saves 2 of the 6
+    loads; the groups' byte counts are summed, 7 words per fold."""
+    c("{", "    uint32_t x0, x1, y0, y1, s = 0; /* two input and weight words; byte sums */")
+    for i in range(0, len(words), 3):
+        g = words[i:i + 3]
+        terms = []
+        k = 0
+        if len(g) >= 2 and g[1][0] == g[0][0] + 1 and g[1][1] == g[0][1] + 1 and \
+                4 * max(g[0][0], g[0][1]) <= 1020:
+            c(f"    EBNN_LD2(ai, {g[0][0]}, x0, x1);", f"    EBNN_LD2(wi, {g[0][1]}, y0, y1);")
+            terms += ["x0 ^ y0", "x1 ^ y1"]
+            k = 2
+        terms += [f"ai[{a}] ^ EBNN_READ_WORD(wi + {w})" for a, w, _ in g[k:]]
+        nib = " + ".join(f"ebnn_pc_nib_k({t})" for t in terms)
+        c(f"    s += ebnn_pc_byte_k({nib});")
+        if (i // 3) % 2 == 1 or i + 3 >= len(words):  # <= 6 words per fold (< 256 per byte)
+            c(f"    m = ({mtype})(m + ebnn_pc_total(s));", "    s = 0;")
+    c("    (void)s;", "}")
 
 
 def mism_calls(c: Code, words: list[tuple[int, int, int]], mtype: str, every: int | None,
-               yes: str, no: str) -> None:
+               yes: str, no: str, lim: str = "lim") -> None:
     """``m = mismatches`` over a long window: one ebnn_mism call per run of words
     contiguous in input and weights, early-exit checks every ``every`` words."""
     total_bits = sum(b for _, _, b in words)
@@ -366,7 +438,7 @@ def mism_calls(c: Code, words: list[tuple[int, int, int]], mtype: str, every: in
             c(f"m = ({mtype})(m + ebnn_mism(ai + {a}, wi + {w}, {n}));")
         seen += sum(b for _, _, b in seg)
         if every and k < len(segs) - 1:
-            _check(c, total_bits - seen, yes, no)
+            _check(c, total_bits - seen, yes, no, lim)
 
 
 def mism_loop(c: Code, nwords: int, word_bits: int, mtype: str, every: int | None,
@@ -397,7 +469,8 @@ def _unrolled(words: list[tuple[int, int, int]], variant: int, wbytes: int) -> b
 
 
 def interior_mism(c: Code, words: list[tuple[int, int, int]], word_bits: int, mtype: str,
-                  every: int | None, yes: str, no: str, in_ptr: str, w_ptr: str) -> None:
+                  every: int | None, yes: str, no: str, in_ptr: str, w_ptr: str,
+                  lim: str = "lim") -> None:
     """``m`` over an interior window for every EBNN_MISM_MODE: ``in_ptr`` is the window's
     first input word (const ebnn_word_t *), ``w_ptr`` the channel's weights. Short
     windows are straight-line code; long ones call ebnn_mism per run of contiguous words
@@ -406,16 +479,18 @@ def interior_mism(c: Code, words: list[tuple[int, int, int]], word_bits: int, mt
 
     def emit(variant: int) -> None:
         c.block()
+        if variant:
+            c("EBNN_SWAR_K();")
         if variant == 2:
             c(f"const uint8_t *a = (const uint8_t *)({in_ptr});",
               f"const uint8_t *wp = (const uint8_t *)({w_ptr});")
         c(f"const ebnn_word_t *ai = {in_ptr};", f"const ebnn_word_t *wi = {w_ptr};")
         if _unrolled(words, variant, wbytes):
-            mism_block(c, words, variant, wbytes, mtype, every, yes, no)
-        elif len(_runs(words)) == 1:
+            mism_block(c, words, variant, wbytes, mtype, every, yes, no, lim)
+        elif len(_runs(words)) == 1 and lim == "lim":
             mism_loop(c, len(words), word_bits, mtype, every, yes, no)
         else:
-            mism_calls(c, words, mtype, every, yes, no)
+            mism_calls(c, words, mtype, every, yes, no, lim)
         c("(void)ai;", "(void)wi;")
         if variant == 2:
             c("(void)a;", "(void)wp;")
@@ -434,7 +509,7 @@ def interior_mism(c: Code, words: list[tuple[int, int, int]], word_bits: int, mt
 
 
 def border_mism(c: Code, layer: IntLayer, words: list[tuple[int, int, int]], word_bits: int,
-                mtype: str, every: int | None, yes: str, no: str) -> None:
+                mtype: str, every: int | None, yes: str, no: str, lim: str = "lb") -> None:
     """``m`` over the valid taps of a clipped window: the interior code with each tap
     guarded by its flags ``ry<ky> && rx<kx>``, reading ``in[q + offset]`` (``q``, the
     window's first input word, may be negative). Early-exit checks go after the tap that
@@ -453,6 +528,8 @@ def border_mism(c: Code, layer: IntLayer, words: list[tuple[int, int, int]], wor
 
     def emit(variant: int) -> None:
         seen = done = 0
+        if variant:
+            c("EBNN_SWAR_K();")
         c("m = 0;")
         for k, tap in enumerate(taps):
             t = tap[0][1] // cw
@@ -481,7 +558,7 @@ def border_mism(c: Code, layer: IntLayer, words: list[tuple[int, int, int]], wor
             seen += sum(b for _, _, b in tap)
             done += len(tap)
             if every and k < len(taps) - 1 and done >= every:
-                _check(c, total_bits - seen, yes, no, "lb")
+                _check(c, total_bits - seen, yes, no, lim)
                 done = 0
 
     if word_bits == 32:
@@ -506,6 +583,52 @@ def _threshold_read(layer: IntLayer, expr: str) -> tuple[str, str]:
     return "int32_t", f"EBNN_READ_I32({expr})"
 
 
+def _channel_loop(k: Code, ctx: LayerC, tag: str, n: str | int,
+                  window: Callable[[str, str], None], dtype: str, mtype: str, tread: str
+                  ) -> None:
+    """For every channel not yet fired in this pool window: ``m`` by ``window(yes, no)``
+    (which may jump to the labels when early exit decides), the channel fires at this
+    position iff ``m <= (n - T) / 2``. The pixel's bits live in ``out[0..ow-1]``, one
+    word at a time in ``acc``."""
+    layer, wb = ctx.layer, ctx.word_bits
+    o = layer.out_channels
+    ow = words_for(o, wb)
+    kh, kw = layer.kernel
+    fan = kh * kw * words_for(layer.in_shape[2], wb)
+    yes, no = f"fire_l{ctx.index}_{tag}", f"next_l{ctx.index}_{tag}"
+    k(f"const ebnn_word_t *w = {ctx.tab}l{ctx.index}_w;",
+      f"const int32_t *t = {ctx.tab}l{ctx.index}_t;")
+    if ow > 1:
+        k("int j;")
+        k.open(f"for (j = 0; j < {ow}; j++)")
+        last = o - (ow - 1) * wb
+        nb = str(wb) if last == wb else f"(j < {ow - 1} ? {wb} : {last})"
+        jexpr = "j"
+    else:
+        k.block()
+        nb, jexpr = str(o), "0"
+    k(f"ebnn_word_t acc = out[{jexpr}], mask = 1;", "int b;")
+    k.open(f"for (b = 0; b < {nb}; b++, mask = (ebnn_word_t)(mask << 1), w += {fan}, t++)")
+    k(f"const {dtype} d = ({dtype})({n} - ({dtype}){tread});", f"{mtype} m, lim;",
+      # opaque per channel, so that GCC cannot hoist the window's loads or addresses out
+      # of the channel loop into stack slots
+      "int q = off;", "EBNN_OPAQUE(q);")
+    k("if ((acc & mask) || d < 0) {", "    continue; /* fired already, or never fires */", "}")
+    k(f"lim = ({mtype})(d >> 1); /* fires iff mismatches <= lim */")
+    window(yes, no)
+    k(f"if (m <= lim) goto {yes};", f"goto {no};")
+    k.depth -= 1
+    k(f"{yes}:")
+    k.depth += 1
+    k("acc = (ebnn_word_t)(acc | mask);")
+    k.depth -= 1
+    k(f"{no}:;")
+    k.depth += 1
+    k.close()
+    k(f"out[{jexpr}] = acc;")
+    k.close()
+
+
 def bits_layer(ctx: LayerC) -> str:
     """A conv or dense layer over a binary map (see the module docstring)."""
     layer, wb = ctx.layer, ctx.word_bits
@@ -515,12 +638,10 @@ def bits_layer(ctx: LayerC) -> str:
     cw = words_for(c, wb)
     hc, wc, o = layer.conv_shape
     ow = words_for(o, wb)
-    fan = kh * kw * cw
     n = kh * kw * c
     materialized = ctx.mode == "materialized" and layer.pool > 1
     pool = 1 if materialized else layer.pool
     ho, wo = hc // pool, wc // pool
-    dense = hc == 1 and wc == 1 and pad == 0  # one position: a dense layer
     order = layer.tap_order if ctx.early_exit else None
     every = ctx.every if ctx.early_exit else None
     words = window_words(layer, wb, order)
@@ -530,103 +651,69 @@ def bits_layer(ctx: LayerC) -> str:
     ttype, tread = _threshold_read(layer, "t")
     small = ttype != "int32_t" and -INT16_SAFE <= d_min and d_max <= INT16_SAFE
     dtype = "int_fast16_t" if small else "int32_t"
-    yes, no = f"fire_l{ctx.index}", f"next_l{ctx.index}"
-    tab = ctx.tab
-    i = ctx.index
+    tab, i = ctx.tab, ctx.index
+    border = pad > 0
 
-    btype = "unsigned" if pool * pool <= 16 else "unsigned long"  # a bit per window position
     k = Code()
     k(f"EBNN_LAYER void {ctx.fn}(void)")
     k.block()
     k(f"const ebnn_word_t *in = {ctx.src};", f"ebnn_word_t *out = {ctx.dst};",
       f"{_loop_type(max(ho, wo))} py, px;")
-    k.open(f"for (py = 0; py < {ho}; py++)")
-    k.open(f"for (px = 0; px < {wo}; px++)")
-    k(f"const int y0 = py * {pool}, x0 = px * {pool}; /* the window's first conv position */",
-      "/* the first input word of position (y0, x0)'s kernel window (negative at a border) */",
-      f"const int base = ((y0 - {pad}) * {w} + (x0 - {pad})) * {cw};",
-      f"const ebnn_word_t *w = {tab}l{i}_w;", f"const int32_t *t = {tab}l{i}_t;")
-    if pad:
-        # bit dy * pool + dx: that position's kernel lies inside the map
-        suffix = "u" if pool * pool <= 16 else "ul"
-        terms = [f"((unsigned)({_plus('y0', dy - pad)}) <= {h - kh}u && "
-                 f"(unsigned)({_plus('x0', dx - pad)}) <= {w - kw}u ? "
-                 f"{1 << (dy * pool + dx)}{suffix} : 0{suffix})"
-                 for dy in range(pool) for dx in range(pool)]
-        if h < kh or w < kw:  # the map is smaller than the kernel: no interior position
-            terms = [f"0{suffix}"]
-        k(f"const {btype} inner = " + " |\n    ".join(terms) + ";")
-    if ow > 1:
-        k("int j;")
-        k.open(f"for (j = 0; j < {ow}; j++)")
-        last = o - (ow - 1) * wb
-        nb = str(wb) if last == wb else f"(j < {ow - 1} ? {wb} : {last})"
-        jexpr = "j"
-    else:
-        nb, jexpr = str(o), "0"
-    k("ebnn_word_t acc = 0, mask = 1;", "int b;")
-    k.open(f"for (b = 0; b < {nb}; b++, mask = (ebnn_word_t)(mask << 1), w += {fan}, t++)")
-    k(f"const {dtype} d = ({dtype})({n} - ({dtype}){tread});", f"{mtype} m, lim;")
-    if dense:
-        # The window is the same for every channel: without this GCC may load all of it
-        # once, before the loop, into stack slots (the M0+ at -O2: over 500 bytes).
-        k("EBNN_BARRIER();")
-    # off: the position's first input word. Opaque per channel, so that GCC cannot hoist
-    # the window's addresses out of the channel loop into stack slots.
-    k("int off = base;", "EBNN_OPAQUE(off);")
     if pool > 1:
         k("int dy, dx;")
-    if pad:
-        k(f"{btype} bit = 1u;" if pool > 1 else f"const {btype} bit = 1u;")
-    k("if (d < 0) {", "    continue; /* z < T at every position: never fires */", "}")
-    k(f"lim = ({mtype})(d >> 1); /* fires iff mismatches <= lim */")
+    k.open(f"for (py = 0; py < {ho}; py++)")
+    k.open(f"for (px = 0; px < {wo}; px++)")
+    for j in range(ow):
+        k(f"out[{j}] = 0;")
+    # Position-major: each position of the pool window in turn, then every channel that
+    # has not fired yet (the OR over the window stops per channel at its first firing
+    # position); position-level work is shared by all channels.
     if pool > 1:
-        step = f"bit = ({btype})(bit << 1), " if pad else ""
-        k.open(f"for (dy = 0; dy < {pool}; dy++, off += {(w - pool) * cw})")
-        k.open(f"for (dx = 0; dx < {pool}; dx++, {step}off += {cw})")
-    if pad:
-        k.open("if (inner & bit)")
+        k.open(f"for (dy = 0; dy < {pool}; dy++)")
+        k.open(f"for (dx = 0; dx < {pool}; dx++)")
+        k(f"const int y = py * {pool} + dy, x = px * {pool} + dx;")
+    else:
+        k("const int y = py, x = px;")
+    k("/* the first input word of the kernel window (negative at a border) */",
+      f"const int off = ((y - {pad}) * {w} + (x - {pad})) * {cw};")
+
+    def interior(yes: str, no: str) -> None:
+        interior_mism(k, words, wb, mtype, every, yes, no, "in + q", "w")
+
+    if border:
+        if h < kh or w < kw:  # the map is smaller than the kernel: no interior position
+            k.open("if (0)")
+        else:
+            k.open(f"if ((unsigned)(y - {pad}) <= {h - kh}u && (unsigned)(x - {pad}) <= "
+                   f"{w - kw}u)")
     else:
         k.block()
-    interior_mism(k, words, wb, mtype, every, yes, no, "in + off", "w")
-    k(f"if (m <= lim) goto {yes};")
-    if pad:
+    _channel_loop(k, ctx, "in", n, interior, dtype, mtype, tread)
+    if border:
         k.close(" else {")
         k.depth += 1
-        y, x = ("y0 + dy", "x0 + dx") if pool > 1 else ("y0", "x0")
-        k("/* a border position: only the valid taps count, N = their inputs */",
-          f"const int y = {y}, x = {x}, q = off;")
+        k("/* a border position: only the valid taps count, N = their inputs */")
         for ky in range(kh):
             k(f"const int ry{ky} = (unsigned)({_plus('y', ky - pad)}) < {h}u;")
         for kx in range(kw):
             k(f"const int rx{kx} = (unsigned)({_plus('x', kx - pad)}) < {w}u;")
-        rows = " + ".join(f"ry{ky}" for ky in range(kh))
-        cols = " + ".join(f"rx{kx}" for kx in range(kw))
-        k(f"const {dtype} dv = ({dtype})(({rows}) * ({cols}) * {c} - ({dtype}){tread});")
-        k.open("if (dv >= 0)")
-        k(f"const {mtype} lb = ({mtype})(dv >> 1);")
-        border_mism(k, layer, words, wb, mtype, every, yes, no)
-        k(f"if (m <= lb) goto {yes};")
-        k.close()
-        k.close()
+        # On 8-bit CPUs too where that code is the compact assembly (8-bit words in
+        # natural order) and small enough.
+        if wb == 8 and every is None and \
+                _border_code_bytes(layer, wb) <= AVR_BORDER_CODE_BYTES:
+            border_classes(k, ctx, words, mtype, dtype, tread, every)
+            k.close()
+        else:
+            _guarded_or_classes(k, ctx, words, mtype, dtype, tread, every,
+                                _border_code_bytes(layer, wb) <= BORDER_CODE_BYTES)
     else:
         k.close()
-    k(f"goto {no}; /* not at this position */", f"{no}:;")
     if pool > 1:
         k.close()
         k.close()
-    k("continue;")
-    k.depth -= 1
-    k(f"{yes}:")
-    k.depth += 1
-    k("acc = (ebnn_word_t)(acc | mask);")
-    k.close()
-    if materialized:
-        k(f"out[{jexpr}] = acc;")
-    else:
-        k(f"out[{jexpr}] = (ebnn_word_t)(acc ^ EBNN_READ_WORD({tab}l{i}_f + {jexpr}));")
-    if ow > 1:
-        k.close()
+    if not materialized:
+        for j in range(ow):
+            k(f"out[{j}] = (ebnn_word_t)(out[{j}] ^ EBNN_READ_WORD({tab}l{i}_f + {j}));")
     k(f"out += {ow};")
     k.close()
     k.close()
@@ -635,6 +722,101 @@ def bits_layer(ctx: LayerC) -> str:
     k("(void)in;")
     k.close()
     return k.text()
+
+
+def _border_code_bytes(layer: IntLayer, word_bits: int) -> int:
+    """Rough AVR code size of one specialised copy of the window code per border class
+    (14 bytes per input byte of the unrolled assembly)."""
+    h, w, c = layer.in_shape
+    kh, kw = layer.kernel
+    hc, wc, _ = layer.conv_shape
+    pixel = words_for(c, word_bits) * word_bits // 8
+    total = 0
+    for rp in _tap_patterns(h, kh, layer.padding, hc):
+        for cp in _tap_patterns(w, kw, layer.padding, wc):
+            if not (all(rp) and all(cp)):
+                total += sum(rp) * sum(cp) * pixel
+    return 14 * total
+
+
+def _guarded_or_classes(k: Code, ctx: LayerC, words: list[tuple[int, int, int]], mtype: str,
+                        dtype: str, tread: str, every: int | None,
+                        classes_elsewhere: bool) -> None:
+    """Border positions of a layer whose per-class code would be too large for an 8-bit
+    CPU's flash: there one copy of the window code with every tap guarded by its flags;
+    specialised classes elsewhere if ``classes_elsewhere``, else the guarded copy too."""
+    layer, wb = ctx.layer, ctx.word_bits
+    kh, kw = layer.kernel
+    c = layer.in_shape[2]
+    if classes_elsewhere:
+        k("#if EBNN_MISM_MODE == 0")
+    rows = " + ".join(f"ry{ky}" for ky in range(kh))
+    cols = " + ".join(f"rx{kx}" for kx in range(kw))
+    k(f"const {dtype} nv = ({dtype})(({rows}) * ({cols}) * {c});")
+
+    def guarded(yes: str, no: str) -> None:
+        border_mism(k, layer, words, wb, mtype, every, yes, no, "lim")
+
+    _channel_loop(k, ctx, "bd", "nv", guarded, dtype, mtype, tread)
+    if classes_elsewhere:
+        k("#else")
+        border_classes(k, ctx, words, mtype, dtype, tread, every)
+        k("#endif")
+    k.close()
+
+
+def border_classes(k: Code, ctx: LayerC, words: list[tuple[int, int, int]], mtype: str,
+                   dtype: str, tread: str, every: int | None) -> None:
+    """The channels at a border position, for 16/32-bit CPUs: the valid taps of a border
+    position form a rectangle, one of a few per layer (rows valid x columns valid, told
+    apart by the flags ``ry<ky>``/``rx<kx>``); each gets the interior code over its own
+    taps, with its ``N`` a literal."""
+    layer, wb = ctx.layer, ctx.word_bits
+    h, w, c_in = layer.in_shape
+    kh, kw = layer.kernel
+    pad = layer.padding
+    hc, wc, _ = layer.conv_shape
+    cw = words_for(c_in, wb)
+    k("const unsigned rb = (unsigned)(" + " | ".join(f"ry{t} << {t}" for t in range(kh)) + ");",
+      "const unsigned cb = (unsigned)(" + " | ".join(f"rx{t} << {t}" for t in range(kw)) + ");")
+    row_pats, col_pats = _tap_patterns(h, kh, pad, hc), _tap_patterns(w, kw, pad, wc)
+    cls = 0
+    for ri, rp in enumerate(row_pats):
+        rbits = sum(1 << t for t, v in enumerate(rp) if v)
+        k(("if" if ri == 0 else "else if") + f" (rb == {rbits}u) {{")
+        k.depth += 1
+        first = True
+        for cp in col_pats:
+            if all(rp) and all(cp):
+                continue  # the interior
+            cbits = sum(1 << t for t, v in enumerate(cp) if v)
+            k(("if" if first else "else if") + f" (cb == {cbits}u) {{")
+            first = False
+            k.depth += 1
+            valid = [(a, wo, b) for a, wo, b in words
+                     if rp[(wo // cw) // kw] and cp[(wo // cw) % kw]]
+            cls += 1
+            if valid:
+                a0 = min(a for a, _, _ in valid)
+                w0 = min(wo for _, wo, _ in valid)
+                rebased = [(a - a0, wo - w0, b) for a, wo, b in valid]
+
+                def window(yes: str, no: str, rebased: list = rebased, a0: int = a0,
+                           w0: int = w0) -> None:
+                    interior_mism(k, rebased, wb, mtype, every, yes, no, f"in + (q + {a0})",
+                                  f"w + {w0}")
+
+                _channel_loop(k, ctx, f"b{cls}", sum(b for _, _, b in valid), window, dtype,
+                              mtype, tread)
+            else:  # no valid tap: z = 0 at every channel
+                def window(yes: str, no: str) -> None:
+                    k("m = 0;")
+
+                _channel_loop(k, ctx, f"b{cls}", 0, window, dtype, mtype, tread)
+            k.depth -= 1
+            k("}")
+        k.depth -= 1
+        k("}")
 
 
 # ---- the output layer ------------------------------------------------------------------------
@@ -775,6 +957,46 @@ def _first_direct(ctx: LayerC) -> str:
     return k.text()
 
 
+def zero_window_bits(layer: IntLayer, offsets: np.ndarray, valid: np.ndarray | None = None
+                     ) -> np.ndarray:
+    """bool (O,): the comparisons ``z >= T`` of a first conv layer at a position whose
+    valid inputs are all 0 (an image's background); ``valid`` (bool (KH, KW), default all)
+    marks the taps inside the input. There ``z = -sum over valid taps and channels of
+    w * m_c``, the same at every such position, so the generated code ORs these constant
+    bits in and skips the position's arithmetic."""
+    signs = np.where(layer.weights, 1, -1).astype(np.int64)  # (O, KH, KW, C)
+    if valid is not None:
+        signs = signs * np.asarray(valid, np.int64)[None, :, :, None]
+    z = -(signs.sum(axis=(1, 2)) * np.asarray(offsets, np.int64)[None, :]).sum(axis=1)
+    return z >= np.asarray(layer.threshold, np.int64)
+
+
+def _tap_patterns(size: int, k: int, pad: int, positions: int) -> list[tuple[bool, ...]]:
+    """The distinct patterns of valid kernel rows (or columns) over the positions."""
+    out: list[tuple[bool, ...]] = []
+    for y in range(positions):
+        pat = tuple(0 <= y + t - pad < size for t in range(k))
+        if pat not in out:
+            out.append(pat)
+    return out
+
+
+def _zero_test(rows: list[tuple[int, int]], ptr: str, variant: int) -> str:
+    """C expression, nonzero iff any of the bytes ``ptr[start .. start + n - 1]`` of
+    ``rows`` (start, n) is; variant 2 reads them with unaligned 16/32-bit loads."""
+    parts = []
+    for start, n in rows:
+        k = start
+        while variant == 2 and n >= 4:
+            parts.append(f"ebnn_ld32({ptr} + {k})")
+            k, n = k + 4, n - 4
+        while variant == 2 and n >= 2:
+            parts.append(f"ebnn_ld16({ptr} + {k})")
+            k, n = k + 2, n - 2
+        parts += [f"{ptr}[{j}]" for j in range(k, k + n)]
+    return " | ".join(parts)
+
+
 def _first_tables(ctx: LayerC) -> str:
     """A first conv layer with per-position subset-sum tables (see the module doc)."""
     layer, wb = ctx.layer, ctx.word_bits
@@ -813,10 +1035,10 @@ def _first_tables(ctx: LayerC) -> str:
     k.block()
     k(f"int16_t *tab = {ctx.scratch}.tab; /* {plan.table_entries} subset sums, groups "
       f"{'+'.join(map(str, plan.groups))} */",
-      f"{itype} *idx = {ctx.scratch}.idx; /* per channel and group: its entry's byte "
-      "offset */",
-      "const uint8_t *tb = (const uint8_t *)tab;",
       f"ebnn_word_t *out = {ctx.dst};")
+    if plan.indexed:
+        k(f"{itype} *idx = {ctx.scratch}.idx; /* per channel and group: its entry's byte "
+          "offset */", "const uint8_t *tb = (const uint8_t *)tab;")
     off_local = c <= 4
     if off_local:
         for ch in range(c):
@@ -825,18 +1047,22 @@ def _first_tables(ctx: LayerC) -> str:
     def offset(ch: int) -> str:
         return f"m{ch}" if off_local else f"EBNN_READ_I16({tab}offsets + {ch})"
 
-    # Once per inference: the entries' byte offsets from the packed weights; zero entries.
+    # Once per inference: the entries' byte offsets from the packed weights (many
+    # channels; else they are constants below); zero entries.
     k.block()
-    k(f"const ebnn_word_t *w = {tab}l{i}_w;", "int o;")
-    k.open(f"for (o = 0; o < {o}; o++, w += {fan})")
-    for g, js in enumerate(groups):
-        bits = []
-        for b, j in enumerate(js):
-            ky, kx, ch = values[j]
-            word = (ky * kw + kx) * cw + ch // wb
-            bits.append(f"(((uint32_t)EBNN_READ_WORD(w + {word}) >> {ch % wb}) & 1u) << {b}")
-        k(f"idx[o * {ng} + {g}] = ({itype})(2u * ({base[g]}u + (" + " | ".join(bits) + ")));")
-    k.close()
+    if plan.indexed:
+        k(f"const ebnn_word_t *w = {tab}l{i}_w;", "int o;")
+        k.open(f"for (o = 0; o < {o}; o++, w += {fan})")
+        for g, js in enumerate(groups):
+            bits = []
+            for b, j in enumerate(js):
+                ky, kx, ch = values[j]
+                word = (ky * kw + kx) * cw + ch // wb
+                bits.append(f"(((uint32_t)EBNN_READ_WORD(w + {word}) >> {ch % wb}) & 1u) << "
+                            f"{b}")
+            k(f"idx[o * {ng} + {g}] = ({itype})(2u * ({base[g]}u + (" + " | ".join(bits)
+              + ")));")
+        k.close()
     for g in range(ng):
         k(f"tab[{base[g]}] = 0;")
     k.close()
@@ -865,7 +1091,8 @@ def _first_tables(ctx: LayerC) -> str:
         return (f"(ry{ky} && rx{kx}) ? (int_fast16_t)(input[(q + {ky * w + kx}) * {c} + {ch}] - "
                 f"{offset(ch)}) : 0")
 
-    acc_locals = o <= 32  # channels unrolled, the pixel's words in registers
+    acc_locals = not plan.indexed  # channels unrolled, the pixel's words in registers
+    zmask = [int(v) for v in pack(zero_window_bits(layer, ctx.offsets)[None, :], wb)[0]]
 
     def body(k: Code) -> None:
         k(f"{ztype} s;")
@@ -878,6 +1105,20 @@ def _first_tables(ctx: LayerC) -> str:
         else:
             k.block()
         k(f"const uint8_t *p = input + ((y - {pad}) * {w} + (x - {pad})) * {c};")
+        # All inputs 0 (background): the comparisons are the constant zero_window_bits.
+        rows = [(ky * w * c, kw * c) for ky in range(kh)]
+        k("#if EBNN_MISM_MODE == 2")
+        k(f"if (!({_zero_test(rows, 'p', 2)})) {{")
+        k("#else")
+        k(f"if (!({_zero_test(rows, 'p', 0)})) {{")
+        k("#endif")
+        k.depth += 1
+        for j in range(ow):
+            if zmask[j]:
+                k(f"acc{j} = (ebnn_word_t)(acc{j} | {zmask[j]:#x}u);" if acc_locals else
+                  f"out[{j}] = (ebnn_word_t)(out[{j}] | {zmask[j]:#x}u);")
+        k(f"goto zero_l{i};")
+        k.close()
         tables(k, interior_value)
         if pad:
             k.close(" else {")
@@ -887,22 +1128,55 @@ def _first_tables(ctx: LayerC) -> str:
                 k(f"const int ry{ky} = (unsigned)({_plus('y', ky - pad)}) < {h}u;")
             for kx in range(kw):
                 k(f"const int rx{kx} = (unsigned)({_plus('x', kx - pad)}) < {w}u;")
+            # All valid inputs 0: constant bits per border class (rows x columns valid).
+            guarded = " | ".join(f"(ry{ky} && rx{kx} ? input[(q + {ky * w + kx}) * {c} + {ch}]"
+                                 " : 0)" for ky in range(kh) for kx in range(kw)
+                                 for ch in range(c))
+            k.open(f"if (!({guarded}))")
+            k("const unsigned rb = (unsigned)(" + " | ".join(
+                f"ry{ky} << {ky}" for ky in range(kh)) + ");")
+            k("const unsigned cb = (unsigned)(" + " | ".join(
+                f"rx{kx} << {kx}" for kx in range(kw)) + ");")
+            for rp in _tap_patterns(h, kh, pad, hc):
+                for cp in _tap_patterns(w, kw, pad, wc):
+                    if all(rp) and all(cp):
+                        continue  # interior
+                    bits = zero_window_bits(layer, ctx.offsets, np.outer(rp, cp))
+                    mask = [int(v) for v in pack(bits[None, :], wb)[0]]
+                    rb = sum(1 << t for t, v in enumerate(rp) if v)
+                    cb = sum(1 << t for t, v in enumerate(cp) if v)
+                    k.open(f"if (rb == {rb}u && cb == {cb}u)")
+                    for j in range(ow):
+                        if mask[j]:
+                            k(f"acc{j} = (ebnn_word_t)(acc{j} | {mask[j]:#x}u);" if acc_locals
+                              else f"out[{j}] = (ebnn_word_t)(out[{j}] | {mask[j]:#x}u);")
+                    k(f"goto zero_l{i};")
+                    k.close()
+            k.close()
             tables(k, border_value)
             k.close()
         else:
             k.close()
         # channels: z = 2 P - S >= T, P one lookup per group
-        k("EBNN_BARRIER(); /* keeps the index loads here (see ebnn_runtime.h) */")
+        k("EBNN_BARRIER(); /* the entries are loaded here, not kept in registers */")
 
         def look(ix: str) -> str:
             return " + ".join(f"*(const int16_t *)(const void *)(tb + {ix}[{g}])"
                               for g in range(ng))
 
+        def entries(ch: int) -> str:  # the channel's entries, constants from its weights
+            terms = []
+            for g, js in enumerate(groups):
+                pattern = sum(int(layer.weights[ch, values[j][0], values[j][1], values[j][2]])
+                              << b for b, j in enumerate(js))
+                terms.append(f"tab[{base[g] + pattern}]")
+            return " + ".join(terms)
+
         if acc_locals:
             for ch in range(o):
                 jw, bit = divmod(ch, wb)
                 mask = f"{1 << bit}u"
-                k(f"if (!(acc{jw} & {mask}) && 2 * ({ztype})({look(f'(idx + {ch * ng})')}) - s "
+                k(f"if (!(acc{jw} & {mask}) && 2 * ({ztype})({entries(ch)}) - s "
                   f">= ({ztype}){read}({tab}l{i}_t + {ch})) {{")
                 k(f"    acc{jw} = (ebnn_word_t)(acc{jw} | {mask});", "}")
         else:
@@ -915,6 +1189,7 @@ def _first_tables(ctx: LayerC) -> str:
             k(f"    out[ch / {wb}] = (ebnn_word_t)(out[ch / {wb}] | bit);", "}")
             k.close()
             k.close()
+        k(f"zero_l{i}:;")
 
     _positions(k, layer, pool, ow, body, None if materialized else f"{tab}l{i}_f", acc_locals)
     if materialized:

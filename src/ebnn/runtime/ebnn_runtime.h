@@ -125,10 +125,20 @@ EBNN_INLINE uint32_t ebnn_pc_byte(uint32_t n)
 {
     return (n & 0x0F0F0F0Fu) + ((n >> 4) & 0x0F0F0F0Fu);
 }
+#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__) && !defined(EBNN_NO_ASM)
+/* Cortex-M4/M7: USAD8 against 0 adds the four bytes in one instruction. */
+EBNN_INLINE uint32_t ebnn_pc_total(uint32_t b)
+{
+    uint32_t r;
+    __asm__("usad8 %0, %1, %2" : "=r"(r) : "r"(b), "r"(0u));
+    return r;
+}
+#else
 EBNN_INLINE uint32_t ebnn_pc_total(uint32_t b)
 {
     return (b * 0x01010101u) >> 24;
 }
+#endif
 EBNN_INLINE uint_fast8_t ebnn_pc8(uint8_t x)
 {
     unsigned y = x;
@@ -161,6 +171,45 @@ EBNN_INLINE uint_fast8_t ebnn_pc32(uint32_t x)
 #define ebnn_pc_nib(x) ((uint32_t)ebnn_popcount32(x))
 #define ebnn_pc_byte(n) (n)
 #define ebnn_pc_total(b) (b)
+#endif
+
+/* The same steps with the masks in registers (EBNN_SWAR_K() declares them in the
+ * generated block; opaque, so GCC keeps them there): on Thumb-2 a mask in a register lets
+ * "x >> 1 & mask" be one instruction with a shifted operand, where the immediate form
+ * needs two, which saves 3 of the 10 instructions per 32-bit value. Elsewhere they are
+ * the plain steps. */
+#if defined(EBNN_POPCOUNT_SWAR) && defined(__GNUC__) && defined(__thumb2__)
+#define EBNN_SWAR_K() \
+    uint32_t ebnn_k1 = 0x55555555u, ebnn_k2 = 0x33333333u, ebnn_k4 = 0x0F0F0F0Fu; \
+    __asm__("" : "+r"(ebnn_k1), "+r"(ebnn_k2), "+r"(ebnn_k4))
+EBNN_INLINE uint32_t ebnn_nib_k(uint32_t x, uint32_t k1, uint32_t k2)
+{
+    x = x - ((x >> 1) & k1);
+    return (x & k2) + ((x >> 2) & k2);
+}
+EBNN_INLINE uint32_t ebnn_byte_k(uint32_t n, uint32_t k4)
+{
+    return (n & k4) + ((n >> 4) & k4);
+}
+#define ebnn_pc_nib_k(x) ebnn_nib_k((x), ebnn_k1, ebnn_k2)
+#define ebnn_pc_byte_k(n) ebnn_byte_k((n), ebnn_k4)
+#else
+#define EBNN_SWAR_K() ((void)0)
+#define ebnn_pc_nib_k(x) ebnn_pc_nib(x)
+#define ebnn_pc_byte_k(n) ebnn_pc_byte(n)
+#endif
+
+/* Two adjacent 32-bit words p[i], p[i + 1] (4-byte aligned) into a and b with one LDRD
+ * on Thumb-2, which GCC does not emit by itself for the Cortex-M4; the "m" operand tells
+ * it which memory the instruction reads. */
+#if defined(__thumb2__) && defined(__GNUC__) && EBNN_WORD_BITS == 32 && \
+    !defined(EBNN_NO_ASM)
+#define EBNN_LDRD 1
+#define EBNN_LD2(p, i, a, b) \
+    __asm__("ldrd %0, %1, [%2, #%c3]" : "=r"(a), "=r"(b) \
+            : "r"(p), "i"(4 * (i)), "m"(*(const uint32_t(*)[2])((p) + (i))))
+#else
+#define EBNN_LDRD 0
 #endif
 
 /* The popcount of one word of the export's size. */
@@ -220,34 +269,46 @@ EBNN_INLINE uint32_t ebnn_ld16(const uint8_t *p)
 /* ---- mismatches of a run of bytes (8-bit words) ------------------------------------- */
 /* m + popcount(a XOR w) over n (1..255) bytes of input map (RAM) and weights (flash),
  * with a and w advanced past them; the caller keeps m + 8 n below 256. On AVR with the
- * byte-table popcount this is a small assembly loop, 2 bytes per turn, about 15.5 cycles
- * a byte: lpm can only read through Z, which both the weights and the table need, and
- * GCC's own code for the same C (X with an adiw/sbiw pair around every load, the table
- * address rebuilt per byte) takes about 21. -DEBNN_NO_ASM selects the C. */
+ * byte-table popcount this is assembly: lpm can only read through Z, which both the
+ * weights and the popcount table need, so weight bytes are read a few at a time into
+ * registers, and the table is a copy aligned to 256 bytes (ebnn_avr_pc: its address is
+ * its high byte, so a lookup is "mov r30, x; lpm", with r31 set once per batch). GCC's
+ * own code for the same C (X with an adiw/sbiw pair around every load, the table address
+ * rebuilt per byte) takes about 21 cycles a byte. -DEBNN_NO_ASM selects the C. */
 #if defined(__AVR__) && defined(__GNUC__) && EBNN_WORD_BITS == 8 && \
     defined(EBNN_POPCOUNT_BYTE_TABLE) && !defined(EBNN_NO_ASM)
 #define EBNN_AVR_ASM 1
+#define EBNN_APC2(n) n, n + 1, n + 1, n + 2
+#define EBNN_APC4(n) EBNN_APC2(n), EBNN_APC2(n + 1), EBNN_APC2(n + 1), EBNN_APC2(n + 2)
+#define EBNN_APC6(n) EBNN_APC4(n), EBNN_APC4(n + 1), EBNN_APC4(n + 1), EBNN_APC4(n + 2)
+static const uint8_t ebnn_avr_pc[256] PROGMEM __attribute__((aligned(256))) = {
+    EBNN_APC6(0), EBNN_APC6(1), EBNN_APC6(1), EBNN_APC6(2)
+};
+#undef EBNN_APC2
+#undef EBNN_APC4
+#undef EBNN_APC6
 /* Pieces of the fully unrolled window code the generator strings together (interior
  * windows whose weights are contiguous): X walks the input map, %[w] the weights, read 4
- * (or 2, 1) bytes per trip through Z into %[w0]..%[w3]; each EBNN_AVR_B(k) XORs the next
- * input byte with weight byte k, looks its popcount up in the byte table %[tb] and adds
- * it to %[m] (8 bits: at most 31 bytes per statement). 13.5 cycles a byte. */
+ * (or 2, 1) bytes per trip through Z into %[w0]..%[w3], after which r31 is the table's
+ * page; each EBNN_AVR_B(k) XORs the next input byte with weight byte k, looks its
+ * popcount up in the table and adds it to %[m] (8 bits: at most 31 bytes per
+ * statement). 11.75 cycles a byte. */
 #define EBNN_AVR_W4 \
     "movw r30, %[w]\n\tlpm %[w0], Z+\n\tlpm %[w1], Z+\n\tlpm %[w2], Z+\n\t" \
-    "lpm %[w3], Z+\n\tmovw %[w], r30\n\t"
-#define EBNN_AVR_W2 "movw r30, %[w]\n\tlpm %[w0], Z+\n\tlpm %[w1], Z+\n\tmovw %[w], r30\n\t"
-#define EBNN_AVR_W1 "movw r30, %[w]\n\tlpm %[w0], Z+\n\tmovw %[w], r30\n\t"
+    "lpm %[w3], Z+\n\tmovw %[w], r30\n\tmov r31, %B[tb]\n\t"
+#define EBNN_AVR_W2 \
+    "movw r30, %[w]\n\tlpm %[w0], Z+\n\tlpm %[w1], Z+\n\tmovw %[w], r30\n\tmov r31, %B[tb]\n\t"
+#define EBNN_AVR_W1 "movw r30, %[w]\n\tlpm %[w0], Z+\n\tmovw %[w], r30\n\tmov r31, %B[tb]\n\t"
 #define EBNN_AVR_B(k) \
-    "ld %[t], X+\n\teor %[t], %[w" #k "]\n\tmovw r30, %[tb]\n\tadd r30, %[t]\n\t" \
-    "adc r31, __zero_reg__\n\tlpm %[t], Z\n\tadd %[m], %[t]\n\t"
+    "ld %[t], X+\n\teor %[t], %[w" #k "]\n\tmov r30, %[t]\n\tlpm %[t], Z\n\tadd %[m], %[t]\n\t"
 #define EBNN_AVR_OUT(vm, vt, v0, v1, v2, v3, va, vw) \
     [m] "+r"(vm), [t] "=&r"(vt), [w0] "=&r"(v0), [w1] "=&r"(v1), [w2] "=&r"(v2), \
     [w3] "=&r"(v3), "+x"(va), [w] "+r"(vw)
-#define EBNN_AVR_IN [tb] "r"(ebnn_popcount_byte)
+#define EBNN_AVR_IN [tb] "r"(ebnn_avr_pc)
 EBNN_INLINE uint8_t ebnn_run8(const uint8_t **pa, const uint8_t **pw, uint8_t n, uint8_t m)
 {
     const uint8_t *a = *pa, *w = *pw;
-    const uint8_t *tb = ebnn_popcount_byte;
+    const uint8_t *tb = ebnn_avr_pc;
     uint8_t t, u;
     __asm__ __volatile__(
         "sbrs %[n], 0\n\t"
@@ -255,11 +316,10 @@ EBNN_INLINE uint8_t ebnn_run8(const uint8_t **pa, const uint8_t **pw, uint8_t n,
         "movw r30, %[w]\n\t" /* an odd byte first */
         "lpm %[u], Z+\n\t"
         "movw %[w], r30\n\t"
+        "mov r31, %B[tb]\n\t"
         "ld %[t], X+\n\t"
         "eor %[t], %[u]\n\t"
-        "movw r30, %[tb]\n\t"
-        "add r30, %[t]\n\t"
-        "adc r31, __zero_reg__\n\t"
+        "mov r30, %[t]\n\t"
         "lpm %[t], Z\n\t"
         "add %[m], %[t]\n\t"
         "2:\n\t"
@@ -270,18 +330,15 @@ EBNN_INLINE uint8_t ebnn_run8(const uint8_t **pa, const uint8_t **pw, uint8_t n,
         "lpm %[u], Z+\n\t"
         "lpm __tmp_reg__, Z+\n\t"
         "movw %[w], r30\n\t"
+        "mov r31, %B[tb]\n\t"
         "ld %[t], X+\n\t"
         "eor %[t], %[u]\n\t"
-        "movw r30, %[tb]\n\t"
-        "add r30, %[t]\n\t"
-        "adc r31, __zero_reg__\n\t"
+        "mov r30, %[t]\n\t"
         "lpm %[t], Z\n\t"
         "add %[m], %[t]\n\t"
         "ld %[t], X+\n\t"
         "eor %[t], __tmp_reg__\n\t"
-        "movw r30, %[tb]\n\t"
-        "add r30, %[t]\n\t"
-        "adc r31, __zero_reg__\n\t"
+        "mov r30, %[t]\n\t"
         "lpm %[t], Z\n\t"
         "add %[m], %[t]\n\t"
         "dec %[n]\n\t"
@@ -341,6 +398,13 @@ static inline uint_fast16_t ebnn_mism(const ebnn_word_t *a, const ebnn_word_t *w
     }
     for (; n > 0; n--) {
         m = (uint_fast16_t)(m + ebnn_pc32(*a++ ^ EBNN_READ_WORD(w++)));
+    }
+#elif EBNN_AVR_ASM
+    /* The assembly, 31 bytes at a time (its 8-bit count stays below 256). */
+    while (n > 0) {
+        uint8_t k = (uint8_t)(n > 31 ? 31 : n);
+        m = (uint_fast16_t)(m + ebnn_run8(&a, &w, k, 0));
+        n = (uint_fast16_t)(n - k);
     }
 #else
     for (; n > 0; n--) {
