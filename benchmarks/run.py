@@ -15,12 +15,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = {
-    "train": ["bench_train.py"],  # leaves build/bench/{mnist,mnist-2kb,fashion,mlp}.pt
+    # leaves build/bench/{mnist-2kb,mnist,mnist-mcu,fashion,mlp}.pt
+    "train": ["bench_train.py"],
+    "train-early-exit-reg": ["train_early_exit_reg.py"],  # build/bench/mnist-mcu-reg*.pt
     "agreement": ["bench_agreement.py", "--model", "build/bench/mnist-2kb.pt"],
     "host": ["bench_host.py", "--model", "build/bench/mnist.pt", "--write"],
     "memory": ["bench_memory.py"],
-    "mcu": ["bench_mcu.py", "--model", "build/bench/mnist.pt", "--images", "10000"],
-    "early-exit": ["bench_early_exit.py", "--model", "build/bench/mnist.pt"],
+    "mcu": ["bench_mcu.py", "--model", "build/bench/mnist-mcu.pt", "--images", "10000"],
+    "early-exit": ["bench_early_exit.py", "--model", "build/bench/mnist-mcu.pt",
+                   "--regularised", "0.5=build/bench/mnist-mcu-reg0.5.pt",
+                   "--regularised", "1.5=build/bench/mnist-mcu-reg1.5.pt"],
     "search": ["bench_search.py"],
 }
 
