@@ -4,7 +4,8 @@
     python benchmarks/bench_mcu.py --model build/bench/mnist.pt --images 1000 --jobs 2
 
 For each of the Cortex-M0+, Cortex-M4 and ATmega328P (``--targets``) the model is built with
-the target's defaults (:data:`ebnn.mcu.TARGET_DEFAULTS`) and run on the first ``--images``
+the target's defaults (popcount: :data:`ebnn.mcu.TARGET_DEFAULTS`; packing word:
+:func:`ebnn.codegen.choose_word_bits`) and run on the first ``--images``
 official MNIST test images (``$EBNN_MNIST_DIR``, default ../shared/data/mnist) in emulation
 (:func:`ebnn.mcu.bench_on_target`): Unicorn counts the instructions of ``<name>_predict`` on
 Cortex-M, simavr its exact cycles on AVR. Every prediction read back from the emulated
@@ -39,7 +40,7 @@ from report import ROOT, markdown_table, write_section  # noqa: E402
 
 from ebnn.data import load_dataset  # noqa: E402
 from ebnn.fold import load_integer_model  # noqa: E402
-from ebnn.mcu import TARGET_DEFAULTS, bench_on_target, build_model_for_target  # noqa: E402
+from ebnn.mcu import bench_on_target, build_model_for_target  # noqa: E402
 from ebnn.targets import TARGETS  # noqa: E402
 
 MNIST_DIR = Path(os.environ.get("EBNN_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
@@ -78,19 +79,19 @@ def variants(model, builds: list, x, jobs: int) -> list[dict]:
         return list(pool.map(_variant, [(model, tb, x) for tb in builds]))
 
 
-def variant_table(results: list[dict]) -> str:
+def variant_table(results: list[dict], reports: list[dict]) -> str:
     """One row per target and word size, one column per popcount: the mean count and how
-    far it is from the target's best; the default in bold."""
+    far it is from the target's best; the main run's choice in bold."""
+    used = {r["target"]: (r["word_bits"], r["popcount"]) for r in reports}
     rows = []
     for t in dict.fromkeys(r["target"] for r in results):
         mine = [r for r in results if r["target"] == t]
         best = min(r["count"] for r in mine)
-        d = TARGET_DEFAULTS[t]
         for wb in (8, 16, 32):
             row = {"target": t, "unit": TARGETS[t].unit, "word bits": wb}
             for r in (r for r in mine if r["word_bits"] == wb):
                 cell = f"{r['count']:,.0f} ({r['count'] / best - 1:+.1%})"
-                if (wb, r["popcount"]) == (d.word_bits, d.popcount):
+                if (wb, r["popcount"]) == used.get(t):
                     cell = f"**{cell}**"
                 row[r["popcount"]] = cell
             rows.append(row)
@@ -230,18 +231,18 @@ def render(args: argparse.Namespace, name: str, reports: list[dict], rows: list[
     if rows:
         parts += [
             f"### Word size and popcount per target ({args.variant_images} images each)",
-            "The defaults (`ebnn.mcu.TARGET_DEFAULTS`, in bold below) come from the "
-            "per-popcount microbenchmark (`measure_popcount_variants`): the byte table on the "
-            "ATmega328P (61 cycles per 32-bit popcount against 162 for the best table-free "
-            "variant), SWAR on both Cortex-M (M4: 15 instructions, byte table 16; M0+: the "
-            "byte table's 20 instructions against 22 do not pay for its 256 bytes and its "
-            "two-cycle loads), and 8-bit words on AVR, 32-bit on ARM. This table checks "
-            "them on the model itself: mean instructions (Cortex-M) or cycles (AVR) per "
-            "inference, and the difference to the target's fastest. "
+            "The main runs above use the defaults (in bold below): the popcount variant of "
+            "`ebnn.mcu.TARGET_DEFAULTS`, chosen by a per-popcount microbenchmark "
+            "(`measure_popcount_variants`: the byte table on the ATmega328P, SWAR on both "
+            "Cortex-M), and the packing word of `ebnn.codegen.choose_word_bits` (8 bits on "
+            "AVR; on 32-bit CPUs the widest word dividing every layer's channel count). "
+            "This table checks them on the model itself: mean instructions (Cortex-M) or "
+            "cycles (AVR) per inference, and the difference to the target's fastest "
+            "variant. Instruction counts do not see the Cortex-M0+'s two-cycle table loads. "
             + ("Every run agreed with the engine and passed the size checks."
              if not any(r["problems"] for r in rows) else
              "**Some runs failed their checks: see the script's output.**"),
-            variant_table(rows),
+            variant_table(rows, reports),
         ]
     return "\n\n".join(parts)
 
