@@ -237,7 +237,7 @@ def test_interrupted_search_resumes_the_trial(tmp_path):
     cmd = [sys.executable, "-m", "ebnn.cli", "search", "--data", "digits", "--ram", "800",
            "--flash", "20KB", "--first", "dense", "--units", "32,64", "--max-dense-blocks", "1",
            # Enough epochs that the interrupt below always lands mid-training.
-           "--epochs", "40", "--trials", "2", "--final-epochs", "1", "--threads", "1",
+           "--epochs", "80", "--trials", "2", "--final-epochs", "1", "--threads", "1",
            "--out", str(out)]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -259,7 +259,7 @@ def test_interrupted_search_resumes_the_trial(tmp_path):
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode != 0 and "interrupted" in err
+    assert proc.returncode != 0 and "interrupted" in err, (proc.returncode, err[-2000:])
     assert (out / "trials" / "0000" / "model.pt.last").exists()
 
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
