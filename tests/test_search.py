@@ -233,8 +233,11 @@ def test_interrupted_search_resumes_the_trial(tmp_path):
            # Enough epochs that the interrupt below always lands mid-training.
            "--epochs", "80", "--trials", "2", "--final-epochs", "1", "--threads", "1",
            "--out", str(out)]
+    # A shell that starts jobs in the background (`make test &`) ignores SIGINT in them, and
+    # Python then never raises KeyboardInterrupt: give the search the default handler back.
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Trial 0's resumable checkpoint appears after its first epoch. (Polling the study's
     # SQLite file instead can miss the whole run: its readers see "database is locked"
     # while the search writes every epoch.)
