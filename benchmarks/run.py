@@ -24,7 +24,8 @@ ORDER = {
     "mcu": ["bench_mcu.py", "--model", "build/bench/mnist-mcu.pt", "--images", "10000"],
     "early-exit": ["bench_early_exit.py", "--model", "build/bench/mnist-mcu.pt",
                    "--regularised", "0.5=build/bench/mnist-mcu-reg0.5.pt",
-                   "--regularised", "1.5=build/bench/mnist-mcu-reg1.5.pt"],
+                   "--regularised", "1.5=build/bench/mnist-mcu-reg1.5.pt",
+                   "--regularised", "3=build/bench/mnist-mcu-reg3.pt"],
     "search": ["bench_search.py"],
 }
 

@@ -1,6 +1,6 @@
 """The mnist-mcu recipe trained with the early-exit regulariser (issue #7), through the CLI.
 
-    python benchmarks/train_early_exit_reg.py            # lambda 0.5 and 1.5
+    python benchmarks/train_early_exit_reg.py            # lambda 0.5, 1.5 and 3
 
 Leaves build/bench/mnist-mcu-reg{LAMBDA}.pt for ``bench_early_exit.py --regularised``.
 Same data, split, epochs and augmentation as the ``mnist-mcu`` run of bench_train.py; a run
@@ -20,7 +20,7 @@ from report import ROOT  # noqa: E402
 from ebnn.cli import main as ebnn  # noqa: E402
 
 MNIST_DIR = Path(os.environ.get("EBNN_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
-LAMBDAS = ("0.5", "1.5")
+LAMBDAS = ("0.5", "1.5", "3")
 
 
 def main() -> int:
