@@ -83,7 +83,7 @@ def assert_matches_engine(model: IntegerModel, x: np.ndarray, **options) -> None
         cm.close()
 
 
-SCORES_RUNNER = r"""
+RUNNER = r"""
 #include <stdio.h>
 #include "{name}_model.h"
 
@@ -94,6 +94,8 @@ int main(int argc, char **argv)
     int j;
     FILE *f = fopen(argv[1], "rb");
     (void)argc;
+    printf("%d %d %d %d %d %d\n", {up}_FLASH_BYTES, {up}_RAM_BYTES, {up}_STACK_BYTES,
+           {up}_INPUT_BYTES, {up}_CLASSES, {up}_SCORE_SHIFT);
     while (fread(x, 1, sizeof x, f) == sizeof x) {{
         printf("%d", {name}_predict(x));
         {name}_scores(x, s);
@@ -108,20 +110,26 @@ int main(int argc, char **argv)
 """
 
 
+def build_runner(export, flags: list[str]) -> Path:
+    src = export.out_dir / "runner.c"
+    src.write_text(RUNNER.format(name=export.name, up=export.name.upper()))
+    exe = export.out_dir / "runner"
+    subprocess.run(["gcc", *flags, "-I", str(export.out_dir), str(export.source), str(src),
+                    "-o", str(exe)], check=True, capture_output=True, text=True)
+    return exe
+
+
 def c_outputs(model: IntegerModel, x: np.ndarray, out_dir: Path,
               cflags: tuple[str, ...] = ("-O1",), **options) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and scores of the C export (any export_c option, e.g. the early-exit
     interval, which ebnn.hostc does not take) built with ``cflags`` into a program."""
     export = export_c(model, out_dir, **options)
-    runner = out_dir / "runner.c"
-    runner.write_text(SCORES_RUNNER.format(name=export.name, up=export.name.upper()))
-    exe = out_dir / "runner"
-    subprocess.run(["gcc", "-std=c99", *cflags, "-I", str(out_dir), str(export.source),
-                    str(runner), "-o", str(exe)], check=True, capture_output=True, text=True)
+    exe = build_runner(export, ["-std=c99", *cflags])
     (out_dir / "inputs.bin").write_bytes(engine.to_hwc(model, x).tobytes())
     out = subprocess.run([str(exe), str(out_dir / "inputs.bin")], capture_output=True,
                          text=True, timeout=60, check=True).stdout
-    rows = np.array([[int(v) for v in line.split()] for line in out.splitlines()])
+    # the first line holds the header's figures
+    rows = np.array([[int(v) for v in line.split()] for line in out.splitlines()[1:]])
     return rows[:, 0], rows[:, 1:]
 
 
@@ -332,42 +340,6 @@ def test_emulated_targets_equal_engine(tmp_path, target):
 
 
 # ---- the generated code itself ------------------------------------------------------------
-RUNNER = r"""
-#include <stdio.h>
-#include "{name}_model.h"
-
-int main(int argc, char **argv)
-{{
-    static uint8_t x[{up}_INPUT_BYTES];
-    int32_t s[{up}_CLASSES];
-    int j;
-    FILE *f = fopen(argv[1], "rb");
-    (void)argc;
-    printf("%d %d %d %d %d %d\n", {up}_FLASH_BYTES, {up}_RAM_BYTES, {up}_STACK_BYTES,
-           {up}_INPUT_BYTES, {up}_CLASSES, {up}_SCORE_SHIFT);
-    while (fread(x, 1, sizeof x, f) == sizeof x) {{
-        printf("%d", {name}_predict(x));
-        {name}_scores(x, s);
-        for (j = 0; j < {up}_CLASSES; j++) {{
-            printf(" %ld", (long)s[j]);
-        }}
-        printf("\n");
-    }}
-    fclose(f);
-    return 0;
-}}
-"""
-
-
-def build_runner(export, flags: list[str]) -> Path:
-    src = export.out_dir / "runner.c"
-    src.write_text(RUNNER.format(name=export.name, up=export.name.upper()))
-    exe = export.out_dir / "runner"
-    subprocess.run(["gcc", *flags, "-I", str(export.out_dir), str(export.source), str(src),
-                    "-o", str(exe)], check=True, capture_output=True, text=True)
-    return exe
-
-
 @pytest.mark.parametrize("name,word_bits,mode,early_exit", [
     ("conv_pool_same_rgb", 8, "fused", False), ("conv_pool_same_rgb", 16, "materialized", True),
     ("conv_k2_same", 32, "materialized", False), ("mlp", 32, "fused", True)])
