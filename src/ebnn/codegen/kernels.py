@@ -94,6 +94,21 @@ class LayerC:
     def fn(self) -> str:
         return f"{self.name}_l{self.index}"
 
+    @property
+    def flip(self) -> str:
+        """C expression of the layer's flip words."""
+        return f"{self.tab}l{self.index}_f"
+
+    @property
+    def materialized(self) -> bool:
+        """Whether the pre-pool comparison bits are stored and pooled afterwards."""
+        return self.mode == "materialized" and self.layer.pool > 1
+
+    @property
+    def loop_pool(self) -> int:
+        """The pool window the position loops OR over (1 when pooling comes afterwards)."""
+        return 1 if self.materialized else self.layer.pool
+
 
 class Code:
     """Lines of C with indentation."""
@@ -636,12 +651,7 @@ def bits_layer(ctx: LayerC) -> str:
     kh, kw = layer.kernel
     pad = layer.padding
     cw = words_for(c, wb)
-    hc, wc, o = layer.conv_shape
-    ow = words_for(o, wb)
     n = kh * kw * c
-    materialized = ctx.mode == "materialized" and layer.pool > 1
-    pool = 1 if materialized else layer.pool
-    ho, wo = hc // pool, wc // pool
     order = layer.tap_order if ctx.early_exit else None
     every = ctx.every if ctx.early_exit else None
     words = window_words(layer, wb, order)
@@ -651,45 +661,34 @@ def bits_layer(ctx: LayerC) -> str:
     ttype, tread = _threshold_read(layer, "t")
     small = ttype != "int32_t" and -INT16_SAFE <= d_min and d_max <= INT16_SAFE
     dtype = "int_fast16_t" if small else "int32_t"
-    tab, i = ctx.tab, ctx.index
     border = pad > 0
 
     k = Code()
     k(f"EBNN_LAYER void {ctx.fn}(void)")
     k.block()
-    k(f"const ebnn_word_t *in = {ctx.src};", f"ebnn_word_t *out = {ctx.dst};",
-      f"{_loop_type(max(ho, wo))} py, px;")
-    if pool > 1:
-        k("int dy, dx;")
-    k.open(f"for (py = 0; py < {ho}; py++)")
-    k.open(f"for (px = 0; px < {wo}; px++)")
-    for j in range(ow):
-        k(f"out[{j}] = 0;")
-    # Position-major: each position of the pool window in turn, then every channel that
-    # has not fired yet (the OR over the window stops per channel at its first firing
-    # position); position-level work is shared by all channels.
-    if pool > 1:
-        k.open(f"for (dy = 0; dy < {pool}; dy++)")
-        k.open(f"for (dx = 0; dx < {pool}; dx++)")
-        k(f"const int y = py * {pool} + dy, x = px * {pool} + dx;")
-    else:
-        k("const int y = py, x = px;")
-    k("/* the first input word of the kernel window (negative at a border) */",
-      f"const int off = ((y - {pad}) * {w} + (x - {pad})) * {cw};")
+    k(f"const ebnn_word_t *in = {ctx.src};", f"ebnn_word_t *out = {ctx.dst};")
 
     def interior(yes: str, no: str) -> None:
         interior_mism(k, words, wb, mtype, every, yes, no, "in + q", "w")
 
-    if border:
-        if h < kh or w < kw:  # the map is smaller than the kernel: no interior position
-            k.open("if (0)")
+    # Position-major: each position of the pool window in turn, then every channel that
+    # has not fired yet (the OR over the window stops per channel at its first firing
+    # position); position-level work is shared by all channels.
+    def position(k: Code) -> None:
+        k("/* the first input word of the kernel window (negative at a border) */",
+          f"const int off = ((y - {pad}) * {w} + (x - {pad})) * {cw};")
+        if border:
+            if h < kh or w < kw:  # the map is smaller than the kernel: no interior position
+                k.open("if (0)")
+            else:
+                k.open(f"if ((unsigned)(y - {pad}) <= {h - kh}u && (unsigned)(x - {pad}) <= "
+                       f"{w - kw}u)")
         else:
-            k.open(f"if ((unsigned)(y - {pad}) <= {h - kh}u && (unsigned)(x - {pad}) <= "
-                   f"{w - kw}u)")
-    else:
-        k.block()
-    _channel_loop(k, ctx, "in", n, interior, dtype, mtype, tread)
-    if border:
+            k.block()
+        _channel_loop(k, ctx, "in", n, interior, dtype, mtype, tread)
+        if not border:
+            k.close()
+            return
         k.close(" else {")
         k.depth += 1
         k("/* a border position: only the valid taps count, N = their inputs */")
@@ -706,19 +705,8 @@ def bits_layer(ctx: LayerC) -> str:
         else:
             _guarded_or_classes(k, ctx, words, mtype, dtype, tread, every,
                                 _border_code_bytes(layer, wb) <= BORDER_CODE_BYTES)
-    else:
-        k.close()
-    if pool > 1:
-        k.close()
-        k.close()
-    if not materialized:
-        for j in range(ow):
-            k(f"out[{j}] = (ebnn_word_t)(out[{j}] ^ EBNN_READ_WORD({tab}l{i}_f + {j}));")
-    k(f"out += {ow};")
-    k.close()
-    k.close()
-    if materialized:
-        k(f"ebnn_pool_map({ctx.dst}, {tab}l{i}_f, {hc}, {wc}, {ow}, {layer.pool});")
+
+    _positions(k, ctx, position, acc_locals=False)
     k("(void)in;")
     k.close()
     return k.text()
@@ -882,25 +870,25 @@ def _first_output(ctx: LayerC) -> str:
     return k.text()
 
 
-def _positions(k: Code, layer: IntLayer, pool: int, ow: int, body: Callable[[Code], None],
-               flip: str | None, acc_locals: bool) -> None:
+def _positions(k: Code, ctx: LayerC, body: Callable[[Code], None], acc_locals: bool) -> None:
     """Loops over output pixels and their pool windows (position-major); ``body(k)``
     emits the code of one conv position (y, x) OR-ing its bits into the pixel's words:
-    locals ``acc0..`` when ``acc_locals``, else ``out[0..ow-1]``. ``flip`` (the flip
-    table, or None for a pre-pool map) is applied when the pixel is done."""
-    hc, wc, _ = layer.conv_shape
+    locals ``acc0..`` when ``acc_locals``, else ``out[0..]``. A pooled pixel is flipped
+    when done; a materialized layer stores the pre-pool bits and pools them afterwards."""
+    layer, pool = ctx.layer, ctx.loop_pool
+    hc, wc, o = layer.conv_shape
     ho, wo = hc // pool, wc // pool
+    ow = words_for(o, ctx.word_bits)
     k(f"{_loop_type(max(ho, wo))} py, px;")
     if pool > 1:
         k("int dy, dx;")
-    if not acc_locals:
-        k("int j;")
     k.open(f"for (py = 0; py < {ho}; py++)")
     k.open(f"for (px = 0; px < {wo}; px++)")
+    word = [f"acc{j}" if acc_locals else f"out[{j}]" for j in range(ow)]
     if acc_locals:
-        k("ebnn_word_t " + ", ".join(f"acc{j} = 0" for j in range(ow)) + ";")
+        k("ebnn_word_t " + ", ".join(f"{v} = 0" for v in word) + ";")
     else:
-        k(f"for (j = 0; j < {ow}; j++) {{", "    out[j] = 0;", "}")
+        k(*(f"{v} = 0;" for v in word))
     if pool > 1:
         k.open(f"for (dy = 0; dy < {pool}; dy++)")
         k.open(f"for (dx = 0; dx < {pool}; dx++)")
@@ -911,16 +899,16 @@ def _positions(k: Code, layer: IntLayer, pool: int, ow: int, body: Callable[[Cod
     if pool > 1:
         k.close()
         k.close()
-    if acc_locals:
-        for j in range(ow):
-            k(f"out[{j}] = (ebnn_word_t)(acc{j} ^ EBNN_READ_WORD({flip} + {j}));" if flip
-              else f"out[{j}] = acc{j};")
-    elif flip:
-        k(f"for (j = 0; j < {ow}; j++) {{",
-          f"    out[j] = (ebnn_word_t)(out[j] ^ EBNN_READ_WORD({flip} + j));", "}")
+    for j, v in enumerate(word):
+        if not ctx.materialized:
+            k(f"out[{j}] = (ebnn_word_t)({v} ^ EBNN_READ_WORD({ctx.flip} + {j}));")
+        elif acc_locals:
+            k(f"out[{j}] = {v};")
     k(f"out += {ow};")
     k.close()
     k.close()
+    if ctx.materialized:
+        k(f"ebnn_pool_map({ctx.dst}, {ctx.flip}, {hc}, {wc}, {ow}, {layer.pool});")
 
 
 def _first_direct(ctx: LayerC) -> str:
@@ -930,12 +918,9 @@ def _first_direct(ctx: LayerC) -> str:
     kh, kw = layer.kernel
     pad = layer.padding
     cw = words_for(c, wb)
-    hc, wc, o = layer.conv_shape
-    ow = words_for(o, wb)
+    o = layer.conv_shape[2]
     fan = kh * kw * cw
     i, tab = ctx.index, ctx.tab
-    materialized = ctx.mode == "materialized" and layer.pool > 1
-    pool = 1 if materialized else layer.pool
     k = Code()
     k(f"EBNN_LAYER void {ctx.fn}(const uint8_t *input)")
     k.block()
@@ -950,9 +935,7 @@ def _first_direct(ctx: LayerC) -> str:
         k(f"    out[ch / {wb}] = (ebnn_word_t)(out[ch / {wb}] | bit);", "}")
         k.close()
 
-    _positions(k, layer, pool, ow, body, None if materialized else f"{tab}l{i}_f", False)
-    if materialized:
-        k(f"ebnn_pool_map({ctx.dst}, {tab}l{i}_f, {hc}, {wc}, {ow}, {layer.pool});")
+    _positions(k, ctx, body, acc_locals=False)
     k.close()
     return k.text()
 
@@ -1017,8 +1000,6 @@ def _first_tables(ctx: LayerC) -> str:
     read = f"EBNN_READ_I32{'_LOW' if ttype != 'int32_t' else ''}"
     # |x - m| <= 255 (offsets in [0, 255]): z, P and 2 P - S fit int16 up to 42 values.
     ztype = "int_fast16_t" if 3 * 255 * n <= INT16_SAFE and ttype != "int32_t" else "int32_t"
-    materialized = ctx.mode == "materialized" and layer.pool > 1
-    pool = 1 if materialized else layer.pool
     # value j = (tap, channel), tap-major
     values = []
     for j in range(n):
@@ -1191,8 +1172,6 @@ def _first_tables(ctx: LayerC) -> str:
             k.close()
         k(f"zero_l{i}:;")
 
-    _positions(k, layer, pool, ow, body, None if materialized else f"{tab}l{i}_f", acc_locals)
-    if materialized:
-        k(f"ebnn_pool_map({ctx.dst}, {tab}l{i}_f, {hc}, {wc}, {ow}, {layer.pool});")
+    _positions(k, ctx, body, acc_locals)
     k.close()
     return k.text()
