@@ -299,8 +299,10 @@ static const uint8_t ebnn_avr_pc[256] PROGMEM __attribute__((aligned(256))) = {
 #define EBNN_AVR_W2 \
     "movw r30, %[w]\n\tlpm %[w0], Z+\n\tlpm %[w1], Z+\n\tmovw %[w], r30\n\tmov r31, %B[tb]\n\t"
 #define EBNN_AVR_W1 "movw r30, %[w]\n\tlpm %[w0], Z+\n\tmovw %[w], r30\n\tmov r31, %B[tb]\n\t"
-#define EBNN_AVR_B(k) \
-    "ld %[t], X+\n\teor %[t], %[w" #k "]\n\tmov r30, %[t]\n\tlpm %[t], Z\n\tadd %[m], %[t]\n\t"
+/* m += popcount(next input byte XOR the weight byte in `reg`), through the table page */
+#define EBNN_AVR_STEP(reg) \
+    "ld %[t], X+\n\teor %[t], " reg "\n\tmov r30, %[t]\n\tlpm %[t], Z\n\tadd %[m], %[t]\n\t"
+#define EBNN_AVR_B(k) EBNN_AVR_STEP("%[w" #k "]")
 #define EBNN_AVR_OUT(vm, vt, v0, v1, v2, v3, va, vw) \
     [m] "+r"(vm), [t] "=&r"(vt), [w0] "=&r"(v0), [w1] "=&r"(v1), [w2] "=&r"(v2), \
     [w3] "=&r"(v3), "+x"(va), [w] "+r"(vw)
@@ -317,11 +319,7 @@ EBNN_INLINE uint8_t ebnn_run8(const uint8_t **pa, const uint8_t **pw, uint8_t n,
         "lpm %[u], Z+\n\t"
         "movw %[w], r30\n\t"
         "mov r31, %B[tb]\n\t"
-        "ld %[t], X+\n\t"
-        "eor %[t], %[u]\n\t"
-        "mov r30, %[t]\n\t"
-        "lpm %[t], Z\n\t"
-        "add %[m], %[t]\n\t"
+        EBNN_AVR_STEP("%[u]")
         "2:\n\t"
         "lsr %[n]\n\t"
         "breq 4f\n\t"
@@ -331,16 +329,8 @@ EBNN_INLINE uint8_t ebnn_run8(const uint8_t **pa, const uint8_t **pw, uint8_t n,
         "lpm __tmp_reg__, Z+\n\t"
         "movw %[w], r30\n\t"
         "mov r31, %B[tb]\n\t"
-        "ld %[t], X+\n\t"
-        "eor %[t], %[u]\n\t"
-        "mov r30, %[t]\n\t"
-        "lpm %[t], Z\n\t"
-        "add %[m], %[t]\n\t"
-        "ld %[t], X+\n\t"
-        "eor %[t], __tmp_reg__\n\t"
-        "mov r30, %[t]\n\t"
-        "lpm %[t], Z\n\t"
-        "add %[m], %[t]\n\t"
+        EBNN_AVR_STEP("%[u]")
+        EBNN_AVR_STEP("__tmp_reg__")
         "dec %[n]\n\t"
         "brne 3b\n\t"
         "4:\n\t"
