@@ -483,6 +483,21 @@ def _unrolled(words: list[tuple[int, int, int]], variant: int, wbytes: int) -> b
     return len(_terms(words, variant, wbytes)) <= limit
 
 
+def _per_mode(c: Code, word_bits: int, emit: Callable[[int], None]) -> None:
+    """``emit(variant)`` once per ``EBNN_MISM_MODE`` of the runtime, each under its
+    ``#if``; with 32-bit words every mode reads the same aligned words, so once."""
+    if word_bits == 32:
+        emit(1)
+        return
+    c("#if EBNN_MISM_MODE == 2")
+    emit(2)
+    c("#elif EBNN_MISM_MODE == 1")
+    emit(1)
+    c("#else")
+    emit(0)
+    c("#endif")
+
+
 def interior_mism(c: Code, words: list[tuple[int, int, int]], word_bits: int, mtype: str,
                   every: int | None, yes: str, no: str, in_ptr: str, w_ptr: str,
                   lim: str = "lim") -> None:
@@ -511,16 +526,7 @@ def interior_mism(c: Code, words: list[tuple[int, int, int]], word_bits: int, mt
             c("(void)a;", "(void)wp;")
         c.close()
 
-    if word_bits == 32:  # every mode reads the same aligned words
-        emit(1)
-        return
-    c("#if EBNN_MISM_MODE == 2")
-    emit(2)
-    c("#elif EBNN_MISM_MODE == 1")
-    emit(1)
-    c("#else")
-    emit(0)
-    c("#endif")
+    _per_mode(c, word_bits, emit)
 
 
 def border_mism(c: Code, layer: IntLayer, words: list[tuple[int, int, int]], word_bits: int,
@@ -576,16 +582,7 @@ def border_mism(c: Code, layer: IntLayer, words: list[tuple[int, int, int]], wor
                 _check(c, total_bits - seen, yes, no, lim)
                 done = 0
 
-    if word_bits == 32:
-        emit(1)
-        return
-    c("#if EBNN_MISM_MODE == 2")
-    emit(2)
-    c("#elif EBNN_MISM_MODE == 1")
-    emit(1)
-    c("#else")
-    emit(0)
-    c("#endif")
+    _per_mode(c, word_bits, emit)
 
 
 # ---- bit layers ------------------------------------------------------------------------------
