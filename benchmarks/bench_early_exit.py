@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import ROOT, markdown_table, write_section  # noqa: E402
+from report import ROOT, markdown_table, target_word_bits, write_section  # noqa: E402
 
 from ebnn import early_exit, engine  # noqa: E402
 from ebnn.data import load_dataset  # noqa: E402
@@ -137,7 +137,7 @@ def main() -> None:
              "against the NumPy engine on every test image, with and without early exit:"
              "\n\n" + markdown_table([host_c_identical(model, x)]))
     if not args.no_emulation:
-        word_bits = {t: int(b) for t, _, b in (w.partition("=") for w in args.word_bits)}
+        word_bits = target_word_bits(args.word_bits)
         body += ("\n\nC early exit in emulation (decisive tap order stored in the model), "
                  "instructions per inference, mean over the first test images:\n\n" +
                  markdown_table(emulated(model, x, y, args.emulated_images, word_bits)))

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import ROOT, markdown_table, write_section  # noqa: E402
+from report import ROOT, markdown_table, target_word_bits, write_section  # noqa: E402
 
 from ebnn.data import load_dataset  # noqa: E402
 from ebnn.fold import load_integer_model  # noqa: E402
@@ -162,7 +162,7 @@ def main() -> int:
     model = load_integer_model(args.model)
     test = load_dataset("mnist", "test", MNIST_DIR)
     x, y = test.x[:args.images], test.y[:args.images]
-    word_bits = {t: int(b) for t, _, b in (w.partition("=") for w in args.word_bits)}
+    word_bits = target_word_bits(args.word_bits)
     builds = build_all(model, [(t, word_bits.get(t), None) for t in args.targets], args.out)
     configs = [(t, wb, pc) for t in args.targets for wb in (8, 16, 32) for pc in POPCOUNTS]
     variant_builds = build_all(model, configs, args.out / "variants") \

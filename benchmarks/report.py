@@ -46,6 +46,11 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def target_word_bits(items: list[str]) -> dict[str, int]:
+    """``["cortex-m4=16", ...]`` (repeatable ``--word-bits TARGET=BITS``) as a dict."""
+    return {t: int(b) for t, _, b in (item.partition("=") for item in items)}
+
+
 def write_section(name: str, title: str, body: str, path: Path = BENCHMARKS) -> str:
     """Replace (or append) section ``name`` of BENCHMARKS.md; returns the section text."""
     section = (f"<!-- bench:{name} -->\n## {title}\n\nCommand: `{command_line()}`  \n"
