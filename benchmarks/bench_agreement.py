@@ -23,7 +23,7 @@ from ebnn.checkpoint import load_checkpoint  # noqa: E402
 from ebnn.data import load_dataset  # noqa: E402
 from ebnn.fold import fold  # noqa: E402
 from ebnn.hostc import convert  # noqa: E402
-from ebnn.verify import compare  # noqa: E402
+from ebnn.agreement import compare  # noqa: E402
 
 MNIST_DIR = Path(os.environ.get("EBNN_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
 

@@ -13,7 +13,7 @@ from ebnn.deploy import IntegerModel, ModelFileError
 from ebnn.fold import fold, fold_threshold
 from ebnn.spec import ModelSpec
 from ebnn.testing import calibrated_random_model, random_inputs
-from ebnn.verify import compare
+from ebnn.agreement import compare
 
 SHAPES = {
     "mlp": {"input_shape": [37], "classes": 3,

@@ -8,6 +8,7 @@
     ebnn spec PRESET > my-model.json
     ebnn build digits.pt --target cortex-m4 --out build/m4 [--json]
     ebnn bench digits.pt --target atmega328p --data digits --images 50 [--json]
+    ebnn verify robust digits.ebnn --data digits --eps 1,2 --out robust.jsonl
 
 Each subcommand is one ``cmd_*`` function that calls the Python API; the parser is built
 in :func:`build_parser`. Errors a user can fix (bad data, spec, checkpoint or option) are
@@ -387,8 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     from .search.cli import add_search_parser  # ebnn search: options live with the search
+    from .verify.cli import add_verify_parser  # ebnn verify: options live with the verifier
 
     add_search_parser(sub)
+    add_verify_parser(sub)
     return parser
 
 
@@ -410,6 +413,13 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(e).split()) or type(e).__name__
         _err(f"ebnn: error: {msg}")
         return 2
+    except RuntimeError as e:
+        from .verify.runner import VerificationBug
+
+        if not isinstance(e, VerificationBug):
+            raise
+        _err(f"ebnn: verifier bug: {e}")
+        return 3
     except KeyboardInterrupt:
         hint = ("; rerun the same command to resume" if args.command in ("train", "search")
                 else "")
