@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import ROOT, markdown_table, write_section  # noqa: E402
 
 from ebnn import engine  # noqa: E402
+from ebnn.agreement import compare  # noqa: E402
 from ebnn.checkpoint import load_checkpoint  # noqa: E402
 from ebnn.data import load_dataset  # noqa: E402
 from ebnn.fold import fold  # noqa: E402
 from ebnn.hostc import convert  # noqa: E402
-from ebnn.agreement import compare  # noqa: E402
 
 MNIST_DIR = Path(os.environ.get("EBNN_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
 

@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebnn import engine
+from ebnn.agreement import compare
 from ebnn.deploy import IntegerModel, ModelFileError
 from ebnn.fold import fold, fold_threshold
 from ebnn.spec import ModelSpec
 from ebnn.testing import calibrated_random_model, random_inputs
-from ebnn.agreement import compare
 
 SHAPES = {
     "mlp": {"input_shape": [37], "classes": 3,

@@ -152,10 +152,10 @@ class ModelEncoding:
 
     # ---- scores -------------------------------------------------------------------------
     def class_counter(self, j: int) -> tuple[int, list[Lit], int, int]:
-        """``(P_j, outputs, fixed, C_j)`` with ``score_j = 2 P_j (fixed + F_j) + C_j - ...``.
+        """``(P_j, outputs, fixed, C_j)`` with ``score_j = 2 P_j F + C_j``.
 
-        Precisely ``score_j = 2 P_j F + C_j`` where ``F >= t  <->  outputs[t-1]`` and
-        ``C_j`` already includes the fixed literals' contribution.
+        ``F >= t  <->  outputs[t-1]`` counts the free literals; ``C_j`` includes the
+        ``fixed`` true constants' contribution.
         """
         if j in self._counters:
             return self._counters[j]
@@ -187,7 +187,7 @@ class ModelEncoding:
         p_c, f_c, _, c_c = self.class_counter(c)
         # 2 P_j F_j - 2 P_c F_c >= r
         r = (1 if j > c else 0) + c_c - c_j
-        n_j, n_c = len(f_j), len(f_c)
+        n_c = len(f_c)
 
         def ge(outputs: list[Lit], t: int) -> Lit:  # F >= t
             if t <= 0:

@@ -46,9 +46,9 @@ def read_rows(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
             if not isinstance(row, dict) or row.get("format") != FORMAT:
                 raise ResultsFileError(f"{path}: not an ebnn verify results file")
             if row.get("query") != header["query"]:
-                raise ResultsFileError(
-                    f"{path}: written for another query ({_diff(row.get('query'), header['query'])}); "
-                    "use another --out or move the file away")
+                diff = _diff(row.get("query"), header["query"])
+                raise ResultsFileError(f"{path}: written for another query ({diff}); use "
+                                       "another --out or move the file away")
             continue
         if not isinstance(row, dict) or any(k not in row for k in ROW_FIELDS) or \
                 row["status"] not in STATUSES:

@@ -87,6 +87,7 @@ class Replayer:
             from ..hostc import convert
 
             self._compiled = convert(self.model)
+        cex = cex.reshape(x.shape)
         in_ball = bool(np.abs(cex.astype(np.int64) - x.astype(np.int64)).max() <= eps)
         batch = cex.reshape(1, *self.model.input_shape)
         return {"in_ball": in_ball,
