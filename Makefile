@@ -20,7 +20,7 @@ $(SYSSTAMP):
 $(STAMP): pyproject.toml | $(SYSSTAMP)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[mcu,search,dev]'
+	$(BIN)/pip install -q -e '.[mcu,search,verify,dev]'
 	touch $@
 
 system: $(SYSSTAMP)

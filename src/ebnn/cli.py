@@ -50,6 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          val_fraction=args.val_fraction, augment_shift=args.augment_shift,
                          memory_efficient=args.memory_efficient,
                          early_exit_reg=args.early_exit_reg, device=args.device,
+                         verify_reg=args.verify_reg, verify_eps=args.verify_eps,
                          threads=args.threads)
     ds = load_dataset(args.data, "train", args.data_dir)
     spec = load_spec(args.model)
@@ -298,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. 64MB)")
     p.add_argument("--memory-efficient", action="store_true",
                    help="train with less activation memory (ebnn.memeff)")
+    p.add_argument("--verify-reg", type=float, default=0.0, metavar="L",
+                   help="verification-friendly training: penalise neurons whose sign can "
+                        "change on the uint8 ball of --verify-eps (see ebnn verify)")
+    p.add_argument("--verify-eps", type=int, default=2, metavar="K",
+                   help="radius in uint8 steps for --verify-reg (default 2)")
     p.add_argument("--early-exit-reg", type=float, default=0.0, metavar="L",
                    help="weight of the penalty on pre-activations near the sign threshold")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")

@@ -36,6 +36,7 @@ count give the same weights.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -55,6 +56,7 @@ from .data import Dataset, normalization, random_shift
 from .layers import sign
 from .model import BNN, build_model
 from .spec import ModelSpec
+from .stability import stability_penalty
 from .summary import summarize
 
 LOSSES = ("cross-entropy", "squared-hinge")
@@ -71,7 +73,10 @@ class TrainConfig:
     many pixels in each direction. ``memory_efficient`` trains through
     :func:`ebnn.memeff.make_memory_efficient`. ``early_exit_reg`` > 0 adds
     ``early_exit_reg * mean(relu(early_exit_margin - |pre|))`` over the pre-activations
-    of every binary block, pushing them away from the sign threshold. ``bn_recalibrate``
+    of every binary block, pushing them away from the sign threshold. ``verify_reg`` > 0
+    adds ``verify_reg * stability_penalty(model, x, verify_eps)``
+    (:mod:`ebnn.stability`): verification-friendly training on the uint8 ball of radius
+    ``verify_eps``. ``bn_recalibrate``
     sets the batch norms' running statistics from the whole training set after every
     epoch (see :func:`recalibrate_batch_norm`). ``threads`` sets
     ``torch.set_num_threads`` (0: :func:`default_threads`).
@@ -89,6 +94,8 @@ class TrainConfig:
     memory_efficient: bool = False
     early_exit_reg: float = 0.0
     early_exit_margin: float = 1.0
+    verify_reg: float = 0.0
+    verify_eps: int = 2
     bn_recalibrate: bool = True
     device: str = "cpu"
     threads: int = 0
@@ -113,6 +120,10 @@ class TrainConfig:
             raise ValueError(f"augment shift must be >= 0, got {self.augment_shift}")
         if self.early_exit_reg < 0:
             raise ValueError(f"early-exit regularisation must be >= 0, got {self.early_exit_reg}")
+        if not (self.verify_reg >= 0 and math.isfinite(self.verify_reg)):
+            raise ValueError(f"--verify-reg must be a finite number >= 0, got {self.verify_reg}")
+        if not 0 <= self.verify_eps <= 255:
+            raise ValueError(f"--verify-eps must be between 0 and 255, got {self.verify_eps}")
 
     def run_key(self) -> dict[str, Any]:
         """The settings that must match for a run to be resumed (device and threads may change)."""
@@ -365,6 +376,8 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
             else:
                 scores = model(xb)
                 loss = _loss(cfg.loss, scores, yb)
+            if cfg.verify_reg > 0:
+                loss = loss + cfg.verify_reg * stability_penalty(model, xb, cfg.verify_eps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

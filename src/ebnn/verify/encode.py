@@ -211,8 +211,15 @@ class ModelEncoding:
         return lit
 
     def other_class_wins(self, c: int) -> Lit:
-        """A literal implying (and, satisfied, witnessing) that the class is not ``c``."""
-        return self.cnf.or_([self.beats(j, c) for j in range(self.model.classes) if j != c])
+        """A literal implying (and, satisfied, witnessing) that the class is not ``c``.
+
+        Classes that cannot beat ``c`` on the score bounds alone are left out.
+        """
+        last = self.bounds.layers[-1]
+        lo_c = int(last.score_min[c])
+        rivals = [j for j in range(self.model.classes) if j != c and (
+            int(last.score_max[j]) > lo_c or (int(last.score_max[j]) == lo_c and j < c))]
+        return self.cnf.or_([self.beats(j, c) for j in rivals])
 
     def is_class(self, c: int) -> Lit:
         """A literal equivalent to "the model predicts class c"."""
