@@ -33,8 +33,18 @@ def _eps_list(text: str) -> list[int]:
     return values
 
 
+def _require_solvers() -> None:
+    try:
+        import ortools  # noqa: F401
+        import pysat  # noqa: F401
+    except ImportError:
+        raise ValueError("ebnn verify needs the solvers of the 'verify' extra: "
+                         "pip install 'ebnn[verify]'") from None
+
+
 def _load(model_path: str, args: argparse.Namespace):
     """The integer model and the data set it reads, checked to fit each other."""
+    _require_solvers()
     from ..data import FeatureQuantizer, load_dataset
     from ..fold import load_integer_model
 
