@@ -41,13 +41,14 @@ OUT = ROOT / "build" / "bench"
 def robust_rows(name: str, path: str, test, args) -> list[dict]:
     model = load_integer_model(path)
     query = RobustQuery(eps=args.eps, timeout=args.timeout, jobs=args.jobs)
+    clean = float(np.mean(engine.predict(model, test.x) == test.y))
     rows = verify_robust(model, test.x, test.y, range(args.images), query,
                          OUT / f"verify-{name}-{args.images}-{args.timeout:g}.jsonl",
                          header={"data": "mnist", "split": "test"})
     table = []
     for s in summarize(rows):
-        table.append({"model": name, "eps": s["eps"], "images": s["images"],
-                      "accuracy": f"{s['accuracy']:.2%}",
+        table.append({"model": name, "test accuracy (10k)": f"{clean:.2%}", "eps": s["eps"],
+                      "images": s["images"], "accuracy": f"{s['accuracy']:.2%}",
                       "verified-robust accuracy": f"{s['verified_robust_accuracy']:.2%}",
                       "counterexample": f"{s['counterexample']:.1%}",
                       "unknown": f"{s['unknown']:.1%}",
