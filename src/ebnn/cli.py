@@ -40,6 +40,16 @@ def _print_json(obj: Any) -> None:
 
 # ---- subcommands ---------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed
+
+    ctx = distributed.init_from_env(args.device)  # None unless started by torchrun
+    try:
+        return _train(args, ctx)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args: argparse.Namespace, ctx: Any) -> int:
     from .data import SOURCES, load_dataset, train_val_split
     from .spec import load_spec
     from .train import TrainConfig, evaluate, train
@@ -50,6 +60,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                          memory_efficient=args.memory_efficient,
                          early_exit_reg=args.early_exit_reg, device=args.device,
                          threads=args.threads)
+    world = ctx.world_size if ctx else 1
+    main = ctx is None or ctx.is_main
+    say = _err if main else (lambda _msg: None)  # one process speaks for a distributed run
     ds = load_dataset(args.data, "train", args.data_dir)
     spec = load_spec(args.model)
     if spec.input_shape != ds.input_shape or spec.classes != ds.classes:
@@ -59,20 +72,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         from .memeff import choose_batch_size
 
-        batch = choose_batch_size(spec, args.max_train_memory,
-                                  memory_efficient=args.memory_efficient)
+        # The memory limit is per process; the batch size is global.
+        batch = world * choose_batch_size(spec, args.max_train_memory,
+                                          memory_efficient=args.memory_efficient)
         config = replace(config, batch_size=batch)
-        _err(f"batch size {batch}: the largest whose measured training footprint fits in "
-             f"{args.max_train_memory}")
+        per = f" ({batch // world} per process)" if world > 1 else ""
+        say(f"batch size {batch}{per}: the largest whose measured training footprint fits in "
+            f"{args.max_train_memory}")
     if config.val_fraction > 0:
         train_ds, val_ds = train_val_split(ds, config.val_fraction, config.seed)
     else:
         train_ds, val_ds = ds, None
-    _err(f"training {spec.name} on {ds.name}: {len(train_ds)} train / "
-         f"{len(val_ds) if val_ds is not None else 0} validation examples, "
-         f"input {list(spec.input_shape)}, {spec.classes} classes")
+    procs = f" on {world} processes ({ctx.backend})" if world > 1 else ""
+    say(f"training {spec.name} on {ds.name}{procs}: {len(train_ds)} train / "
+        f"{len(val_ds) if val_ds is not None else 0} validation examples, "
+        f"input {list(spec.input_shape)}, {spec.classes} classes")
     result = train(spec, train_ds, val_ds, config, args.out, progress=not args.no_progress,
-                   log=_err)
+                   log=_err, distributed=ctx)
+    if not main:
+        return 0
     seconds = sum(h["seconds"] for h in result.history)
     best = "" if result.best_val_accuracy is None else \
         f", validation accuracy {result.best_val_accuracy:.4f}"
