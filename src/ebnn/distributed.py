@@ -150,6 +150,13 @@ def global_batches(perm: Tensor, batch_size: int, world_size: int) -> list[Tenso
     return [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
 
 
+def loss_weight(local: int, total: int, world_size: int) -> float:
+    """Factor on a process's mean loss over its ``local`` examples of a global batch of
+    ``total``: data parallel averages the processes' gradients, and with this weight that
+    average is the gradient of the mean loss over the global batch (1.0 for one process)."""
+    return 1.0 if world_size == 1 else local * world_size / total
+
+
 def shard(batch: Tensor | Sequence[Any], rank: int, world_size: int) -> Any:
     """This process's share of a global batch: every ``world_size``-th item from ``rank``."""
     return batch[rank::world_size]
@@ -319,5 +326,5 @@ def shard_dataset(ds: Any, ctx: Context) -> Any:
 
 __all__ = ["Context", "SyncBatchNorm1d", "SyncBatchNorm2d", "all_sum", "barrier",
            "check_batch_size", "current", "global_batches", "init_from_env", "launched",
-           "local_batch_norm", "recalibrate_batch_norm", "shard", "shard_dataset", "shutdown",
-           "sync_batch_norms", "wrap"]
+           "local_batch_norm", "loss_weight", "recalibrate_batch_norm", "shard",
+           "shard_dataset", "shutdown", "sync_batch_norms", "wrap"]

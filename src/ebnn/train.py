@@ -287,6 +287,18 @@ class _Step(nn.Module):
         return self.model(x), []
 
 
+def _forward_backward(step: nn.Module, xb: Tensor, yb: Tensor, cfg: TrainConfig,
+                      weight: float = 1.0) -> tuple[Tensor, Tensor]:
+    """One step's loss (mean over ``xb``) and scores; backpropagates ``weight * loss``
+    (the process's share of a global batch, :func:`ebnn.distributed.loss_weight`)."""
+    scores, pres = step(xb, cfg.early_exit_reg > 0)
+    loss = _loss(cfg.loss, scores, yb)
+    if pres:
+        loss = loss + cfg.early_exit_reg * early_exit_penalty(pres, cfg.early_exit_margin)
+    (loss if weight == 1.0 else loss * weight).backward()
+    return loss, scores
+
+
 def _validate(model: BNN, val_ds: Dataset, ctx: ddp.Context | None) -> dict[str, Any]:
     """:func:`evaluate`, each process on its share of ``val_ds``, the counts summed."""
     if ctx is None or ctx.world_size == 1:
@@ -411,17 +423,9 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
             else:
                 xb = x[idx]
             xb, yb = xb.to(device), y[idx].to(device)
-            scores, pres = step(xb, cfg.early_exit_reg > 0)
-            loss = _loss(cfg.loss, scores, yb)
-            if pres:
-                loss = loss + cfg.early_exit_reg * early_exit_penalty(pres, cfg.early_exit_margin)
             opt.zero_grad(set_to_none=True)
-            if world > 1:
-                # Data parallel averages the processes' gradients; weighting each process's
-                # mean loss by its share makes that the gradient of the global batch's mean.
-                (loss * (len(idx) * world / len(batch))).backward()
-            else:
-                loss.backward()
+            loss, scores = _forward_backward(step, xb, yb, cfg,
+                                             ddp.loss_weight(len(idx), len(batch), world))
             opt.step()
             step_losses.append(loss.item() * len(idx))
             total_loss += step_losses[-1]
