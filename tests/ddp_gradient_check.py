@@ -3,8 +3,9 @@ global batch that does not split evenly, with data parallel and synchronised bat
 
     torchrun --standalone --nproc-per-node 2 tests/ddp_gradient_check.py OUT.pt
 
-Process 0 saves the global batch's indices, the loss over it and every parameter's
-gradient to OUT.pt; the test compares them with one process on the whole batch.
+For standard training (with the early-exit penalty) and for memory-efficient training,
+process 0 saves the loss over the global batch and every parameter's gradient to OUT.pt;
+the test compares them with one process on the whole batch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,18 @@ from ebnn.train import TrainConfig, _forward_backward, _Step
 # 15 examples (8 on process 0, 7 on process 1) whose batch-norm outputs in this untrained
 # network are all at least 1e-3 from the sign threshold: no float32 tie (the test checks).
 BATCH = torch.arange(0, 15)
-CONFIG = TrainConfig(early_exit_reg=0.5)
+CONFIGS = {"standard": TrainConfig(early_exit_reg=0.5),
+           "memory-efficient": TrainConfig(memory_efficient=True)}
+
+
+def build(mode: str) -> torch.nn.Module:
+    """The untrained digits network of every run (seed 0), in ``mode``."""
+    from ebnn.memeff import make_memory_efficient
+
+    ds = load_dataset("digits", "train")
+    torch.manual_seed(0)
+    model = build_model(load_spec("digits").with_input(ds.input_shape, ds.classes))
+    return make_memory_efficient(model) if mode == "memory-efficient" else model
 
 
 def main(out: str) -> None:
@@ -30,18 +42,19 @@ def main(out: str) -> None:
     assert ctx is not None and ctx.world_size == 2
     torch.set_num_threads(1)
     ds = load_dataset("digits", "train")
-    torch.manual_seed(0)
-    model = ddp.sync_batch_norms(build_model(load_spec("digits").with_input(ds.input_shape,
-                                                                           ds.classes)))
-    step = ddp.wrap(_Step(model), ctx)
     idx = ddp.shard(BATCH, ctx.rank, ctx.world_size)
     x, y = torch.as_tensor(ds.x[idx.numpy()]), torch.as_tensor(ds.y[idx.numpy()])
-    loss, _ = _forward_backward(step, x, y, CONFIG,
-                                ddp.loss_weight(len(idx), len(BATCH), ctx.world_size))
-    total = ddp.all_sum([loss.item() * len(idx)])[0] / len(BATCH)
+    results = {}
+    for mode, config in CONFIGS.items():
+        model = ddp.sync_batch_norms(build(mode))
+        step = ddp.wrap(_Step(model), ctx)
+        loss, _ = _forward_backward(step, x, y, config,
+                                    ddp.loss_weight(len(idx), len(BATCH), ctx.world_size))
+        total = ddp.all_sum([loss.item() * len(idx)])[0] / len(BATCH)
+        results[mode] = {"loss": total, "grads": {k: p.grad.clone()
+                                                  for k, p in model.named_parameters()}}
     if ctx.is_main:
-        torch.save({"batch": BATCH, "loss": total,
-                    "grads": {k: p.grad.clone() for k, p in model.named_parameters()}}, out)
+        torch.save(results, out)
     ddp.shutdown()
 
 

@@ -175,31 +175,30 @@ def test_global_batches_are_sharded_like_a_distributed_sampler():
     assert ddp.init_from_env() is None or ddp.launched()
 
 
-def test_gradients_equal_those_of_one_process_on_the_global_batch(tmp_path):
+@pytest.mark.parametrize("mode", ["standard", "memory-efficient"])
+def test_gradients_equal_those_of_one_process_on_the_global_batch(tmp_path_factory, mode):
     """Data parallel with synchronised batch norm and the loss weights: one step on an
-    uneven global batch (8 + 7 examples) gives the single-process gradients."""
-    from ddp_gradient_check import BATCH, CONFIG
+    uneven global batch (8 + 7 examples) gives the single-process gradients, in standard
+    training (with the early-exit penalty) and in memory-efficient training."""
+    from ddp_gradient_check import BATCH, CONFIGS, build
 
-    from ebnn.model import build_model
-    from ebnn.spec import load_spec
     from ebnn.train import _forward_backward, _Step
 
-    out = tmp_path / "grads.pt"
-    script = Path(__file__).with_name("ddp_gradient_check.py")
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc-per-node", "2", str(script), str(out)], env=ENV,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    got = torch.load(out, weights_only=True)
+    out = tmp_path_factory.getbasetemp() / "ddp-grads.pt"
+    if not out.exists():  # one torchrun for both modes
+        script = Path(__file__).with_name("ddp_gradient_check.py")
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               "--nproc-per-node", "2", str(script), str(out)], env=ENV,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    got = torch.load(out, weights_only=True)[mode]
     ds = load_dataset("digits", "train")
-    torch.manual_seed(0)
-    model = build_model(load_spec("digits").with_input(ds.input_shape, ds.classes))
-    idx = BATCH.numpy()
+    model = build(mode)
+    x, y = torch.as_tensor(ds.x[BATCH.numpy()]), torch.as_tensor(ds.y[BATCH.numpy()])
     with torch.no_grad():  # exact ties would make the two runs differ by float rounding
-        pres = model.preactivations(torch.as_tensor(ds.x[idx]))
+        pres = build("standard").preactivations(x)
     assert min(p.abs().min().item() for p in pres) > 1e-4
-    loss, _ = _forward_backward(_Step(model), torch.as_tensor(ds.x[idx]),
-                                torch.as_tensor(ds.y[idx]), CONFIG)
+    loss, _ = _forward_backward(_Step(model), x, y, CONFIGS[mode])
     assert got["loss"] == pytest.approx(loss.item(), rel=1e-5)
     for name, p in model.named_parameters():
         scale = p.grad.abs().max().item()

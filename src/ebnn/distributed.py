@@ -25,10 +25,9 @@ variables it returns ``None`` and training is the single-process code path, unch
   differentiable all-reduce. So the forward pass, the loss and the gradients equal those
   of one process with the whole batch, up to float rounding; the first steps' losses
   (``TrainResult.batch_losses``) match a single-process run to float tolerance.
-  PyTorch's own ``nn.SyncBatchNorm`` runs only on GPUs; this one runs on gloo too.
-  The memory-efficient mode (:mod:`ebnn.memeff`) computes its batch norms in its own
-  fused kernel and normalises with each process's share of the batch (not synchronised);
-  the statistics that are exported are still global (next point).
+  PyTorch's own ``nn.SyncBatchNorm`` runs only on GPUs; this one runs on gloo too. The
+  memory-efficient mode (:mod:`ebnn.memeff`) synchronises the same statistics in its
+  fused forward and the two per-channel sums of its batch-norm backward.
 * **Exported statistics are those of the whole training set.** The recalibration after
   each epoch (:func:`recalibrate_batch_norm`) splits the single-process pass's chunks of
   the training set between processes and combines the per-chunk averages across them,
@@ -200,7 +199,7 @@ def wrap(module: nn.Module, ctx: Context) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+    return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
 
 
 # ---- synchronised batch norm ------------------------------------------------------------
@@ -218,19 +217,26 @@ def local_batch_norm() -> Iterator[None]:
         _local_only -= 1
 
 
-def _synchronised_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
-    """Training-mode batch norm over the union of all processes' batches.
-
-    Per channel, the sum, the sum of squares (float64) and the count are summed over
-    processes with a differentiable all-reduce; the running statistics are updated as
+def global_batch_stats(bn: nn.modules.batchnorm._BatchNorm, x: Tensor,
+                       differentiable: bool = True) -> tuple[Tensor, Tensor, float]:
+    """Per-channel mean and biased variance (float64) of ``x`` over all processes'
+    batches, and the number of values per channel; updates ``bn``'s running statistics as
     ``nn.BatchNorm`` does (unbiased variance, momentum or cumulative average).
+
+    The sum, the sum of squares (float64) and the count are summed over processes in one
+    all-reduce, differentiable unless ``differentiable`` is false (the memory-efficient
+    mode writes its own backward).
     """
     c = x.shape[1]
     dims = [0, *range(2, x.dim())]
     xd = x.double()
     local = torch.cat([xd.sum(dims), (xd * xd).sum(dims),
                        xd.new_full((1,), float(x.numel() // c))])
-    total = _AllReduceSum.apply(local)
+    if differentiable:
+        total = _AllReduceSum.apply(local)
+    else:
+        total = local.detach().clone()
+        dist.all_reduce(total)
     n = float(total[-1].detach())
     if n <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got {int(n)} "
@@ -241,9 +247,16 @@ def _synchronised_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> 
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
             f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-            bn.running_mean.mul_(1 - f).add_(mean.to(x.dtype), alpha=f)
-            bn.running_var.mul_(1 - f).add_((var * (n / (n - 1))).to(x.dtype), alpha=f)
-    shape = (1, c) + (1,) * (x.dim() - 2)
+            bn.running_mean.mul_(1 - f).add_(mean.detach().to(x.dtype), alpha=f)
+            bn.running_var.mul_(1 - f).add_((var.detach() * (n / (n - 1))).to(x.dtype),
+                                            alpha=f)
+    return mean, var, n
+
+
+def _synchronised_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """Training-mode batch norm over the union of all processes' batches."""
+    mean, var, _ = global_batch_stats(bn, x)
+    shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
     invstd = torch.rsqrt(var + bn.eps).to(x.dtype).view(shape)
     y = (x - mean.to(x.dtype).view(shape)) * invstd
     if bn.affine:
@@ -251,10 +264,21 @@ def _synchronised_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> 
     return y
 
 
+def synchronised(bn: nn.Module) -> bool:
+    """Whether ``bn``, in training mode now, normalises over all processes' batches."""
+    return (isinstance(bn, _SyncMixin) and bn.training and not _local_only
+            and dist.is_initialized() and dist.get_world_size() > 1)
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """``t`` summed over processes, in place (not differentiable)."""
+    dist.all_reduce(t)
+    return t
+
+
 class _SyncMixin:
     def forward(self, x: Tensor) -> Tensor:
-        if (self.training and not _local_only and dist.is_initialized()  # type: ignore[attr-defined]
-                and dist.get_world_size() > 1):
+        if synchronised(self):  # type: ignore[arg-type]
             return _synchronised_batch_norm(self, x)  # type: ignore[arg-type]
         return super().forward(x)  # type: ignore[misc]
 
@@ -325,6 +349,7 @@ def shard_dataset(ds: Any, ctx: Context) -> Any:
 
 
 __all__ = ["Context", "SyncBatchNorm1d", "SyncBatchNorm2d", "all_sum", "barrier",
-           "check_batch_size", "current", "global_batches", "init_from_env", "launched",
+           "check_batch_size", "current", "global_batch_stats", "global_batches",
+           "init_from_env", "launched",
            "local_batch_norm", "loss_weight", "recalibrate_batch_norm", "shard",
-           "shard_dataset", "shutdown", "sync_batch_norms", "wrap"]
+           "shard_dataset", "shutdown", "sync_batch_norms", "synchronised", "wrap"]
