@@ -1,6 +1,7 @@
 """Command-line interface: a thin layer over the Python API.
 
     ebnn train --data digits --model digits --epochs 30 --out digits.pt
+    torchrun --nproc-per-node 2 -m ebnn train ...     # distributed data parallel
     ebnn eval digits.pt --data digits --split test [--json]
     ebnn summary digits.pt|digits.ebnn|PRESET [--json]
     ebnn fold digits.pt --out digits.ebnn
@@ -292,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model; rerun the same command to resume",
                        description="Train a model. The best model (by validation accuracy) "
                                    "goes to --out, the resumable state to OUT.last; running "
-                                   "the same command again resumes an interrupted run.")
+                                   "the same command again resumes an interrupted run. "
+                                   "Under torchrun (torchrun --nproc-per-node N -m ebnn "
+                                   "train ...) it trains with distributed data parallel.")
     _add_data_args(p)
     p.add_argument("--model", required=True, metavar="PRESET|SPEC",
                    help="a preset name or a .json/.yaml spec file")
@@ -301,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-data", metavar="PATH",
                    help="test data for a file or directory source (read with the training "
                         "file's quantiser; the test split of a .npz or IDX directory)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="examples per step; under torchrun the global batch, split evenly "
+                        "between the processes")
     p.add_argument("--lr", type=float, default=1e-2, help="initial learning rate (Adam)")
     p.add_argument("--lr-decay", default="cosine", choices=["cosine", "exponential", "none"],
                    help="decay to lr/100 over the run")

@@ -18,7 +18,7 @@ SQLite file as interrupted) and use ``--workers`` for parallel trials. SQLite co
 few local workers (60 s lock timeout, transactions that take the write lock first); for
 many machines use a database server::
 
-    # once: createdb ebnn; pip install psycopg2-binary
+    # once: createdb ebnn (the psycopg driver comes with the search extra)
     ebnn search --data mnist --ram 2KB --flash 32KB --trials 200 --out run \\
         --storage postgresql://user:pass@dbhost/ebnn --study-name mnist-2k      # main
     ebnn search ...same options... --no-final                                  # others
