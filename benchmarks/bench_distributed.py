@@ -2,15 +2,17 @@
 gloo on the CPU), same global batch and recipe.
 
     python benchmarks/bench_distributed.py                # writes BENCHMARKS.md
-    python benchmarks/bench_distributed.py --rounds 1 --epochs 2
+    python benchmarks/bench_distributed.py --rounds 1 --epochs 2 --run digits:64
 
 Each configuration runs the real command line in a subprocess and reads the epoch times
 from the checkpoint's history (the launcher's start-up is not counted). The
 configurations are interleaved round by round and the best epoch over all rounds is
 reported, so a burst of load from other jobs on the machine hurts one round, not one
-configuration. Runs: MNIST (the 5k subset in ``EBNN_MNIST_DIR``, default
-../shared/data/mnist) with the ``mnist-mcu`` preset, and the digits demo, whose steps are
-so small that the per-step communication dominates.
+configuration. Runs (``--run DATA:BATCH``): MNIST (the 5k subset in ``EBNN_MNIST_DIR``,
+default ../shared/data/mnist) with the ``mnist-mcu`` preset at global batches 64 and 256,
+and the digits demo, whose steps are so small that the per-step communication dominates.
+Each round also times a small all-reduce between 2 processes (``--probe``, run under
+torchrun), the round trip every synchronised batch norm pays twice per step.
 """
 
 from __future__ import annotations
@@ -58,39 +60,97 @@ def epoch_seconds(data: str, procs: int, threads: int, epochs: int, batch: int,
     return [h["seconds"] for h in load_checkpoint(Path(str(out) + ".last")).history]
 
 
+def probe(out: str, calls: int = 400) -> None:
+    """Under torchrun: mean wall time of an all-reduce of 33 float64 values (the size of a
+    16-channel batch norm's statistics), written by process 0 to ``out`` as JSON."""
+    import json
+
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    t = torch.zeros(33, dtype=torch.float64)
+    for _ in range(50):
+        dist.all_reduce(t)
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(calls):
+        dist.all_reduce(t)
+    seconds = (time.perf_counter() - start) / calls
+    if dist.get_rank() == 0:
+        Path(out).write_text(json.dumps({"allreduce_us": seconds * 1e6}))
+    dist.destroy_process_group()
+
+
+def allreduce_us(work: Path) -> float:
+    out = work / f"probe-{time.monotonic_ns()}.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", str(Path(__file__).resolve()), "--probe", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode:
+        raise SystemExit(f"all-reduce probe failed:\n{done.stderr[-3000:]}")
+    import json
+
+    return float(json.loads(out.read_text())["allreduce_us"])
+
+
+def steps_per_epoch(data: str, batch: int) -> int:
+    from ebnn.data import load_dataset, train_val_split
+
+    d = DATA[data]
+    data_dir = d[d.index("--data-dir") + 1] if "--data-dir" in d else None
+    train, _ = train_val_split(load_dataset(d[1], "train", data_dir), 0.1, 0)
+    return -(-len(train) // batch)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--data", choices=sorted(DATA), action="append")
+    ap.add_argument("--run", action="append", metavar="DATA:BATCH",
+                    help="data set (mnist, digits) and global batch; repeatable "
+                         "(default: mnist:64 mnist:256 digits:64)")
+    ap.add_argument("--probe", metavar="OUT.json", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    datas = args.data or ["mnist", "digits"]
-    times: dict[tuple[str, str], list[float]] = {}
+    if args.probe:
+        probe(args.probe)
+        return
+    runs = [(d, int(b)) for d, _, b in (r.partition(":") for r in
+                                         args.run or ["mnist:64", "mnist:256", "digits:64"])]
+    times: dict[tuple[str, int, str], list[float]] = {}
     loads = [os.getloadavg()[0]]
+    probes: list[float] = []
     with tempfile.TemporaryDirectory(prefix="ebnn-bench-ddp-") as tmp:
         for r in range(args.rounds):
-            for data in datas:
+            probes.append(allreduce_us(Path(tmp)))
+            print(f"round {r + 1}: all-reduce {probes[-1]:.0f} us", flush=True)
+            for data, batch in runs:
                 for label, procs, threads in CONFIGS:
-                    secs = epoch_seconds(data, procs, threads, args.epochs, args.batch_size,
-                                         Path(tmp))
-                    times.setdefault((data, label), []).extend(secs)
+                    secs = epoch_seconds(data, procs, threads, args.epochs, batch, Path(tmp))
+                    times.setdefault((data, batch, label), []).extend(secs)
                     loads.append(os.getloadavg()[0])
-                    print(f"round {r + 1} {data} {label}: {', '.join(f'{s:.2f}' for s in secs)}",
-                          flush=True)
+                    print(f"round {r + 1} {data} batch {batch} {label}: "
+                          f"{', '.join(f'{s:.2f}' for s in secs)}", flush=True)
     rows = []
-    for data in datas:
-        base = min(times[(data, CONFIGS[0][0])])
+    for data, batch in runs:
+        base = min(times[(data, batch, CONFIGS[0][0])])
         for label, _, _ in CONFIGS:
-            t = times[(data, label)]
-            rows.append({"data": data, "configuration": label, "best s/epoch": min(t),
-                         "median s/epoch": sorted(t)[len(t) // 2],
+            t = times[(data, batch, label)]
+            rows.append({"data": data, "global batch": batch, "configuration": label,
+                         "best s/epoch": min(t), "median s/epoch": sorted(t)[len(t) // 2],
                          "speed-up (best)": f"{base / min(t):.2f}x"})
-    bns = ", ".join(f"{len(load_spec(DATA[d][DATA[d].index('--model') + 1]).blocks)} batch "
-                    f"norms in `{DATA[d][DATA[d].index('--model') + 1]}`" for d in datas)
+    us = min(probes)
+    costs = []
+    for data, batch in runs:
+        preset = DATA[data][DATA[data].index("--model") + 1]
+        per_step = 2 * len(load_spec(preset).blocks) + 1
+        steps = steps_per_epoch(data, batch)
+        costs.append(f"`{preset}` at batch {batch}: {per_step} all-reduces x {steps} steps = "
+                     f"{per_step * steps * us / 1e6:.2f} s per epoch")
     body = markdown_table(rows) + f"""
 
-Global batch {args.batch_size} in every configuration (32 per process with 2 processes),
+The global batch is the same for 1 and 2 processes (half of it per process with 2),
 {args.epochs} epochs per run, {args.rounds} interleaved rounds; an epoch includes the
 batch-norm recalibration over the training set and the validation. The 1-minute load
 average was {min(loads):.1f}-{max(loads):.1f} during the runs: the machine's 2 cores were
@@ -99,12 +159,15 @@ shared with other jobs, so the best epoch is the figure to compare.
 What limits the speed-up here: the machine has 2 cores, so 2 processes can at best halve
 an epoch, and they compete with any other job (and with each other's gloo threads) for
 those cores; one process with 2 threads uses the same 2 cores without any communication.
-Every step of a distributed run does 2 all-reduces per batch norm (forward statistics and
-backward sums; {bns}) plus the gradient all-reduce
-of data parallel, each a round trip through gloo's TCP transport on localhost. On
-`digits` a step computes so little that this latency dominates; on `mnist-mcu` the
-computation is larger but still small per step at 32 images per process. Larger models,
-larger batches or GPUs (NCCL) shift the balance towards the computation."""
+Every step of a distributed run does 2 all-reduces per batch norm (forward statistics,
+backward sums) plus the gradient all-reduce of data parallel, each a round trip through
+gloo's TCP transport on localhost. A small all-reduce between 2 processes took {us:.0f} us
+(best of the rounds' probes; all: {", ".join(f"{p:.0f}" for p in probes)} us), so the
+round trips alone cost about: {"; ".join(costs)}. With the cores busy, a round trip also
+waits until the other process is scheduled. On `digits` a step computes so little that
+this latency dominates; on `mnist-mcu` a larger global batch means fewer steps, so fewer
+round trips per epoch. Larger models, larger batches or GPUs (NCCL) shift the balance
+towards the computation."""
     write_section("distributed", "Distributed training: 1 vs 2 processes (issue #13)", body)
 
 
