@@ -64,7 +64,7 @@ def test_two_processes_share_one_study(postgres, tmp_path):
     url = postgres.new_database()
     make_storage(url)  # Optuna's tables, so that both processes can start at once
     main_out, other_out = tmp_path / "main", tmp_path / "other"
-    args = ("--trials", "4", "--epochs", "10", "--prune-after", "10")
+    args = ("--trials", "4", "--epochs", "6", "--prune-after", "6")
     main = _start(_cmd(main_out, url, *args))
     other = _start(_cmd(other_out, url, *args, "--no-final"))
     err_other = _finish(other)
@@ -89,7 +89,7 @@ def test_killed_worker_trial_is_retried_and_rerun_resumes(postgres, tmp_path):
     url = postgres.new_database()
     main_out, other_out = tmp_path / "main", tmp_path / "other"
     # Enough epochs that the kill below lands while the other process trains its trial.
-    args = ("--trials", "3", "--epochs", "40", "--prune-after", "40")
+    args = ("--trials", "3", "--epochs", "25", "--prune-after", "25")
     main = _start(_cmd(main_out, url, *args))
     _wait_for((main_out, "trials/*/spec.json"), main, "the main search's first trial")
     other = _start(_cmd(other_out, url, *args, "--no-final"))
