@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 SYSSTAMP:= $(VENV)/.system-packages
-DEB_PACKAGES := gcc gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-avr avr-libc simavr dataset-fashion-mnist
+DEB_PACKAGES := gcc gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-avr avr-libc simavr dataset-fashion-mnist postgresql
 
 .PHONY: demo test bench lint system clean
 

@@ -1,4 +1,4 @@
-"""Shared test helpers: where the real datasets are."""
+"""Shared test helpers: where the real datasets are, and a PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pg_server import postgres  # noqa: F401  (fixture: a real PostgreSQL server)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian dataset-fashion-mnist

@@ -1,7 +1,8 @@
-"""`python -m ebnn ...` runs the command line, like the `ebnn` script."""
+"""``python -m ebnn`` (and ``torchrun -m ebnn``): the ``ebnn`` command."""
 
 import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,7 @@
 """Command-line interface: a thin layer over the Python API.
 
     ebnn train --data digits --model digits --epochs 30 --out digits.pt
+    torchrun --nproc-per-node 2 -m ebnn train ...     # distributed data parallel
     ebnn eval digits.pt --data digits --split test [--json]
     ebnn summary digits.pt|digits.ebnn|PRESET [--json]
     ebnn fold digits.pt --out digits.ebnn
@@ -41,6 +42,16 @@ def _print_json(obj: Any) -> None:
 
 # ---- subcommands ---------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed
+
+    ctx = distributed.init_from_env(args.device)  # None unless started by torchrun
+    try:
+        return _train(args, ctx)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args: argparse.Namespace, ctx: Any) -> int:
     from .data import SOURCES, load_dataset, train_val_split
     from .spec import load_spec
     from .train import TrainConfig, evaluate, train
@@ -52,6 +63,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                          early_exit_reg=args.early_exit_reg, device=args.device,
                          verify_reg=args.verify_reg, verify_eps=args.verify_eps,
                          threads=args.threads)
+    world = ctx.world_size if ctx else 1
+    main = ctx is None or ctx.is_main
+    say = _err if main else (lambda _msg: None)  # one process speaks for a distributed run
     ds = load_dataset(args.data, "train", args.data_dir)
     spec = load_spec(args.model)
     if spec.input_shape != ds.input_shape or spec.classes != ds.classes:
@@ -61,20 +75,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         from .memeff import choose_batch_size
 
-        batch = choose_batch_size(spec, args.max_train_memory,
-                                  memory_efficient=args.memory_efficient)
+        # The memory limit is per process; the batch size is global.
+        batch = world * choose_batch_size(spec, args.max_train_memory,
+                                          memory_efficient=args.memory_efficient)
         config = replace(config, batch_size=batch)
-        _err(f"batch size {batch}: the largest whose measured training footprint fits in "
-             f"{args.max_train_memory}")
+        per = f" ({batch // world} per process)" if world > 1 else ""
+        say(f"batch size {batch}{per}: the largest whose measured training footprint fits in "
+            f"{args.max_train_memory}")
     if config.val_fraction > 0:
         train_ds, val_ds = train_val_split(ds, config.val_fraction, config.seed)
     else:
         train_ds, val_ds = ds, None
-    _err(f"training {spec.name} on {ds.name}: {len(train_ds)} train / "
-         f"{len(val_ds) if val_ds is not None else 0} validation examples, "
-         f"input {list(spec.input_shape)}, {spec.classes} classes")
+    procs = f" on {world} processes ({ctx.backend})" if world > 1 else ""
+    say(f"training {spec.name} on {ds.name}{procs}: {len(train_ds)} train / "
+        f"{len(val_ds) if val_ds is not None else 0} validation examples, "
+        f"input {list(spec.input_shape)}, {spec.classes} classes")
     result = train(spec, train_ds, val_ds, config, args.out, progress=not args.no_progress,
-                   log=_err)
+                   log=_err, distributed=ctx)
+    if not main:
+        return 0
     seconds = sum(h["seconds"] for h in result.history)
     best = "" if result.best_val_accuracy is None else \
         f", validation accuracy {result.best_val_accuracy:.4f}"
@@ -276,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model; rerun the same command to resume",
                        description="Train a model. The best model (by validation accuracy) "
                                    "goes to --out, the resumable state to OUT.last; running "
-                                   "the same command again resumes an interrupted run.")
+                                   "the same command again resumes an interrupted run. "
+                                   "Under torchrun (torchrun --nproc-per-node N -m ebnn "
+                                   "train ...) it trains with distributed data parallel.")
     _add_data_args(p)
     p.add_argument("--model", required=True, metavar="PRESET|SPEC",
                    help="a preset name or a .json/.yaml spec file")
@@ -285,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-data", metavar="PATH",
                    help="test data for a file or directory source (read with the training "
                         "file's quantiser; the test split of a .npz or IDX directory)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="examples per step; under torchrun the global batch, split evenly "
+                        "between the processes")
     p.add_argument("--lr", type=float, default=1e-2, help="initial learning rate (Adam)")
     p.add_argument("--lr-decay", default="cosine", choices=["cosine", "exponential", "none"],
                    help="decay to lr/100 over the run")

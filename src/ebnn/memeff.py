@@ -53,6 +53,10 @@ approximate, and here they would save nothing, because recomputation gives the b
 pass the exact batch-norm input from the kept bits at the cost of two floats per channel.
 Running statistics are updated by PyTorch's own kernel with the usual momentum, so the
 eval-mode model and the folding of batch norm into integer thresholds are unaffected.
+Under ``torchrun`` (:mod:`ebnn.distributed`) the batch norms are synchronised: the
+forward uses the statistics of all processes' batches and the backward sums its two
+per-channel sums over the processes, so the gradients are those of one process with the
+whole batch (float rounding only; always via the chunked backward).
 
 **When it applies.** The compact path runs only in training mode with gradients enabled;
 ``model.eval()`` and ``torch.no_grad()`` run the unchanged standard forward. A block
@@ -75,6 +79,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from . import distributed as _ddp
 from .layers import ConvBlock, DenseBlock, OutputBlock
 from .memeff_measure import (
     Footprint,
@@ -286,11 +291,23 @@ class _Unpool:
         return out.scatter_(2, idx.view(m, c, -1), g.reshape(m, c, -1)).view(m, c, h, w)
 
 
-def _bn_train(bn: nn.modules.batchnorm._BatchNorm, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _bn_train(bn: nn.modules.batchnorm._BatchNorm, z: Tensor
+              ) -> tuple[Tensor, Tensor, Tensor, float | None]:
     """Training-mode batch norm with the exact bookkeeping of ``_BatchNorm.forward``.
 
-    Returns (output, batch mean, batch 1/std) and updates the running statistics in place.
+    Returns (output, batch mean, batch 1/std, count) and updates the running statistics in
+    place. ``count`` is ``None`` unless the batch norm is synchronised across processes
+    (:mod:`ebnn.distributed`); then the statistics are those of all processes' batches,
+    and ``count`` is their number of values per channel, for the backward pass.
     """
+    if _ddp.synchronised(bn):
+        mean, var, count = _ddp.global_batch_stats(bn, z, differentiable=False)
+        shape = (1, z.shape[1]) + (1,) * (z.dim() - 2)
+        mean, invstd = mean.to(z.dtype), torch.rsqrt(var + bn.eps).to(z.dtype)
+        y = (z - mean.view(shape)) * invstd.view(shape)
+        if bn.affine:
+            y = y * bn.weight.view(shape) + bn.bias.view(shape)
+        return y, mean, invstd, count
     if z.shape[0] * (z[0, 0].numel() if z.dim() > 2 else 1) == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, "
                          f"got input size {z.shape}")
@@ -300,7 +317,7 @@ def _bn_train(bn: nn.modules.batchnorm._BatchNorm, z: Tensor) -> tuple[Tensor, T
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
     rm = bn.running_mean if bn.track_running_stats else None
     rv = bn.running_var if bn.track_running_stats else None
-    return torch.native_batch_norm(z, bn.weight, bn.bias, rm, rv, True, factor, bn.eps)
+    return (*torch.native_batch_norm(z, bn.weight, bn.bias, rm, rv, True, factor, bn.eps), None)
 
 
 class _FusedBlock(torch.autograd.Function):
@@ -318,7 +335,7 @@ class _FusedBlock(torch.autograd.Function):
                                       window=False)
         else:
             pooled = F.linear(kept.rows(0, n, x), wb)
-        y, mean, invstd = _bn_train(block.bn, pooled)
+        y, mean, invstd, count = _bn_train(block.bn, pooled)
         del pooled
         mask = None
         if not isinstance(block, OutputBlock):
@@ -330,7 +347,7 @@ class _FusedBlock(torch.autograd.Function):
             setattr(y, _BITS_TAG, (y._version, bits))
         ctx.save_for_backward(kept.tensor, weight, gamma, mask, mean, invstd)
         kept.tensor = None  # the autograd graph holds it (and counts it)
-        ctx.kept, ctx.block, ctx.chunk = kept, block, chunk
+        ctx.kept, ctx.block, ctx.chunk, ctx.count = kept, block, chunk, count
         ctx.bias_mask = (gamma is not None, beta is not None)
         return y
 
@@ -359,7 +376,7 @@ class _FusedBlock(torch.autograd.Function):
         else:
             xf = kept.rows(0, n)
             pooled = F.linear(xf, wb)
-        if len(spans) == 1:  # PyTorch's batch-norm backward kernel on the whole batch
+        if len(spans) == 1 and ctx.count is None:  # PyTorch's kernel on the whole batch
             g_p, g_gamma, g_beta = torch.ops.aten.native_batch_norm_backward(
                 g_out(0, n), pooled, gamma, None, None, mean, invstd, True, block.bn.eps,
                 [True, *ctx.bias_mask])
@@ -367,11 +384,12 @@ class _FusedBlock(torch.autograd.Function):
             g_rows: Callable[[int, int], Tensor] = lambda i, j: g_p[i:j]  # noqa: E731
         else:
             g_rows, g_gamma, g_beta = _bn_backward_chunked(g_out, pooled, mean, invstd, gamma,
-                                                           spans)
+                                                           spans, ctx.count)
         if kept.conv:
             g_x, g_wb = _conv_backward(block, kept, g_rows, window, z_shape, wb, spans, need_x)
         else:
             # The same products autograd forms for F.linear (mm backward).
+            g_p = g_rows(0, n)  # one span: dense blocks are not chunked
             g_x = g_p.mm(wb).reshape(kept.x_shape) if need_x else None
             g_wb = g_p.t().mm(xf)
         kept.tensor = None
@@ -382,7 +400,8 @@ class _FusedBlock(torch.autograd.Function):
 
 
 def _bn_backward_chunked(g_out: Callable[[int, int], Tensor], pooled: Tensor, mean: Tensor,
-                         invstd: Tensor, gamma: Tensor | None, spans: list[tuple[int, int]]
+                         invstd: Tensor, gamma: Tensor | None, spans: list[tuple[int, int]],
+                         synchronised_count: float | None = None
                          ) -> tuple[Callable[[int, int], Tensor], Tensor, Tensor]:
     """Training batch-norm backward that never holds a whole-batch gradient but the input's.
 
@@ -390,6 +409,11 @@ def _bn_backward_chunked(g_out: Callable[[int, int], Tensor], pooled: Tensor, me
     mean(g * xhat))``, with the two per-channel sums accumulated chunk by chunk (in
     float64 across chunks) and ``dx`` produced on demand per chunk: equal to the
     kernel's result up to float rounding. Returns (rows → dx, d gamma, d beta).
+
+    With ``synchronised_count`` (a batch norm synchronised across processes, normalised
+    with statistics over that many values per channel) the two sums are summed over the
+    processes for ``dx``; d gamma and d beta stay this process's own (data parallel
+    averages parameter gradients itself).
     """
     c = pooled.shape[1]
     view = (1, c) + (1,) * (pooled.dim() - 2)
@@ -405,6 +429,10 @@ def _bn_backward_chunked(g_out: Callable[[int, int], Tensor], pooled: Tensor, me
         g = g_out(i, j)
         sum_g += g.sum(dims).double()
         sum_gx += (g * xhat(i, j)).sum(dims).double()
+    g_gamma, g_beta = sum_gx.to(pooled.dtype), sum_g.to(pooled.dtype)
+    if synchronised_count is not None:
+        both = _ddp.all_reduce_sum(torch.cat([sum_g, sum_gx]))
+        sum_g, sum_gx, count = both[:c], both[c:], synchronised_count
     mean_g = (sum_g / count).to(pooled.dtype).view(view)
     mean_gx = (sum_gx / count).to(pooled.dtype).view(view)
     scale = (invstd if gamma is None else invstd * gamma).view(view)
@@ -416,7 +444,7 @@ def _bn_backward_chunked(g_out: Callable[[int, int], Tensor], pooled: Tensor, me
     def rows(i: int, j: int) -> Tensor:
         return torch.addcmul(b, pooled[i:j], a).addcmul_(g_out(i, j), scale)
 
-    return rows, sum_gx.to(pooled.dtype), sum_g.to(pooled.dtype)
+    return rows, g_gamma, g_beta
 
 
 def _conv_backward(block: nn.Module, kept: _Kept, g_rows: Callable[[int, int], Tensor],

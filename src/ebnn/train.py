@@ -32,6 +32,10 @@ choose another ``out``.
 **Repeatability.** The seed fixes the weight initialisation (``torch.manual_seed``) and the
 shuffling and augmentation (a private ``torch.Generator``); the same seed, data and thread
 count give the same weights.
+
+**Several processes.** Under ``torchrun`` (see :mod:`ebnn.distributed`) the same call
+trains with distributed data parallel: ``batch_size`` stays the global batch, batch norm
+is synchronised across processes, and only process 0 writes files.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from . import __version__
+from . import distributed as ddp
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Dataset, normalization, random_shift
 from .layers import sign
@@ -140,6 +145,8 @@ class TrainResult:
     Each history entry has ``epoch`` (1-based), ``loss``, ``train_accuracy``,
     ``val_accuracy`` and ``val_loss`` (``None`` without validation set), ``lr`` and
     ``seconds``. ``resumed_from`` is the epoch training continued from (0: a fresh run).
+    ``batch_losses`` is the training loss of every step so far (over the global batch),
+    in order; it is kept in the ``.last`` file's training state.
     """
 
     model: BNN
@@ -151,6 +158,7 @@ class TrainResult:
     last: Path
     seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+    batch_losses: list[float] = field(default_factory=list)
 
 
 def last_path(out: str | Path) -> Path:
@@ -275,10 +283,56 @@ def default_threads(spec: ModelSpec, batch_size: int) -> int:
     return min(4, _DEFAULT_THREADS)
 
 
+class _Step(nn.Module):
+    """One training forward: the scores and, for the early-exit penalty, the binary blocks'
+    pre-activations. A module, so that distributed data parallel can wrap the whole step."""
+
+    def __init__(self, model: BNN, verify_eps: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.verify_eps = verify_eps
+
+    def forward(self, x: Tensor, with_preactivations: bool = False
+                ) -> tuple[Tensor, list[Tensor], Tensor | None]:
+        """Scores, pre-activations (if asked) and the stability penalty (if configured)."""
+        if with_preactivations:
+            scores, pres = _forward_with_preactivations(self.model, x)
+        else:
+            scores, pres = self.model(x), []
+        penalty = None if self.verify_eps is None else \
+            stability_penalty(self.model, x, self.verify_eps)
+        return scores, pres, penalty
+
+
+def _forward_backward(step: nn.Module, xb: Tensor, yb: Tensor, cfg: TrainConfig,
+                      weight: float = 1.0) -> tuple[Tensor, Tensor]:
+    """One step's loss (mean over ``xb``) and scores; backpropagates ``weight * loss``
+    (the process's share of a global batch, :func:`ebnn.distributed.loss_weight`)."""
+    scores, pres, penalty = step(xb, cfg.early_exit_reg > 0)
+    loss = _loss(cfg.loss, scores, yb)
+    if pres:
+        loss = loss + cfg.early_exit_reg * early_exit_penalty(pres, cfg.early_exit_margin)
+    if penalty is not None:
+        loss = loss + cfg.verify_reg * penalty
+    (loss if weight == 1.0 else loss * weight).backward()
+    return loss, scores
+
+
+def _validate(model: BNN, val_ds: Dataset, ctx: ddp.Context | None) -> dict[str, Any]:
+    """:func:`evaluate`, each process on its share of ``val_ds``, the counts summed."""
+    if ctx is None or ctx.world_size == 1:
+        return evaluate(model, val_ds)
+    part = evaluate(model, ddp.shard_dataset(val_ds, ctx))
+    correct, loss, n = ddp.all_sum([round(part["accuracy"] * part["n"]),
+                                    part["loss"] * part["n"], part["n"]], ctx.device)
+    return {"accuracy": correct / n if n else 0.0, "n": int(n), "loss": loss / n if n else 0.0}
+
+
 def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: TrainConfig,
           out: str | Path, progress: bool = True,
           log: Callable[[str], None] | None = None,
-          on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+          distributed: ddp.Context | None = None) -> TrainResult:
     """Train ``spec`` on ``train_ds``, validating on ``val_ds`` (or not, if ``None``) after
     every epoch; the best model goes to ``out``, the resumable state to ``out.last``.
 
@@ -286,23 +340,31 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
     ``on_epoch(epoch, record)`` is called after each epoch's checkpoints are written, with
     the 1-based epoch and its history record; an exception it raises (e.g. the search's
     ``optuna.TrialPruned``) stops training, leaving a resumable ``.last``.
+    ``distributed`` (from :func:`ebnn.distributed.init_from_env`; by default the process
+    group already joined, if any) trains this process's share of a distributed run: only
+    process 0 logs and writes files.
     Raises ``ValueError`` for data that does not fit the spec and
     :class:`~ebnn.checkpoint.CheckpointError` for a ``.last`` file of another run.
     """
     cfg = config
+    ctx = distributed or ddp.current(cfg.device)
+    rank, world = (ctx.rank, ctx.world_size) if ctx else (0, 1)
+    main = rank == 0
     out, last = Path(out), last_path(out)
-    say = log or (lambda _msg: None)
+    say = (log or (lambda _msg: None)) if main else (lambda _msg: None)
     check_data(spec, train_ds, "training")
     if val_ds is not None and len(val_ds) == 0:
         val_ds = None
     if val_ds is not None:
         check_data(spec, val_ds, "validation")
-    torch.set_num_threads(cfg.threads if cfg.threads > 0 else default_threads(spec, cfg.batch_size))
-    device = torch.device(cfg.device)
+    ddp.check_batch_size(cfg.batch_size, world)
+    threads = cfg.threads if cfg.threads > 0 else default_threads(spec, cfg.batch_size // world)
+    torch.set_num_threads(threads)
+    device = ctx.device if ctx else torch.device(cfg.device)
     x, y = _tensors(train_ds)
     n = len(y)
-    if n < 2:
-        raise ValueError(f"need at least 2 training examples, got {n}")
+    if n < 2 * world:
+        raise ValueError(f"need at least {2 * world} training examples, got {n}")
 
     torch.manual_seed(cfg.seed)
     offsets, scale = normalization(np.asarray(train_ds.x))
@@ -312,17 +374,26 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
 
         model = make_memory_efficient(model)
     model.to(device)
+    step: nn.Module = _Step(model, cfg.verify_eps if cfg.verify_reg > 0 else None)
+    if world > 1:
+        ddp.sync_batch_norms(model)
+        step = ddp.wrap(step, ctx)  # type: ignore[arg-type]
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = _scheduler(opt, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
 
+    # The process count is not part of the run: the state is that of the global run, so a
+    # run may be resumed with another number of processes.
     run_key = {"config": cfg.run_key(), "spec": spec.to_dict(), "data": train_ds.name,
                "n_train": n, "n_val": len(val_ds) if val_ds is not None else 0}
     meta = {"data": train_ds.name, "classes": int(spec.classes),
             "class_names": train_ds.class_names,
             "config": asdict(cfg), "ebnn_version": __version__}
+    if world > 1:
+        meta["processes"] = world
     quantizer = train_ds.quantizer
     history: list[dict[str, Any]] = []
+    batch_losses: list[float] = []
     start, best_epoch, best_acc = 0, 0, -1.0
 
     if last.exists():
@@ -344,69 +415,73 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
         torch.set_rng_state(state["torch_rng"])
         history, start = ck.history, int(state["epoch"])
         best_epoch, best_acc = int(state["best_epoch"]), float(state["best_val_accuracy"])
+        if "batch_losses" in state:
+            batch_losses = [float(v) for v in state["batch_losses"]]
         say(f"resuming {out} from epoch {start}/{cfg.epochs}" if start < cfg.epochs
             else f"{out}: already trained for {start} epochs; nothing to do")
 
-    for stale in out.parent.glob(f".{out.name}*.tmp"):  # ebnn.fileio's temporary names
-        stale.unlink(missing_ok=True)  # left behind by a run killed while writing
+    if main:
+        for stale in out.parent.glob(f".{out.name}*.tmp"):  # ebnn.fileio's temporary names
+            stale.unlink(missing_ok=True)  # left behind by a run killed while writing
     t_run = time.perf_counter()
-    show_bar = progress and sys.stderr.isatty()
+    show_bar = main and progress and sys.stderr.isatty()
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
         model.train()
-        perm = torch.randperm(n, generator=gen)
-        if n - (n // cfg.batch_size) * cfg.batch_size == 1:
-            perm = perm[:-1]  # a batch of one cannot be batch-normalised
-        batches = [perm[i:i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size)]
+        # Every process draws the same order; each takes its share of every global batch.
+        batches = ddp.global_batches(torch.randperm(n, generator=gen), cfg.batch_size, world)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show_bar,
                    leave=False, unit="batch")
         total_loss, correct, seen = 0.0, 0, 0
-        for idx in bar:
-            xb = x[idx]
-            if cfg.augment_shift > 0:
-                xb = random_shift(xb, cfg.augment_shift, gen)
-            xb, yb = xb.to(device), y[idx].to(device)
-            if cfg.early_exit_reg > 0:
-                scores, pres = _forward_with_preactivations(model, xb)
-                loss = _loss(cfg.loss, scores, yb)
-                if pres:
-                    loss = loss + cfg.early_exit_reg * early_exit_penalty(
-                        pres, cfg.early_exit_margin)
+        step_losses: list[float] = []
+        for batch in bar:
+            idx = ddp.shard(batch, rank, world)
+            if cfg.augment_shift > 0:  # shifts drawn for the whole global batch
+                xb = ddp.shard(random_shift(x[batch], cfg.augment_shift, gen), rank, world)
             else:
-                scores = model(xb)
-                loss = _loss(cfg.loss, scores, yb)
-            if cfg.verify_reg > 0:
-                loss = loss + cfg.verify_reg * stability_penalty(model, xb, cfg.verify_eps)
+                xb = x[idx]
+            xb, yb = xb.to(device), y[idx].to(device)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, scores = _forward_backward(step, xb, yb, cfg,
+                                             ddp.loss_weight(len(idx), len(batch), world))
             opt.step()
-            total_loss += loss.item() * len(idx)
+            step_losses.append(loss.item() * len(idx))
+            total_loss += step_losses[-1]
             correct += int((scores.argmax(1) == yb).sum())
             seen += len(idx)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
         bar.close()
+        if world > 1:
+            *step_losses, total_loss, correct, seen = ddp.all_sum(
+                [*step_losses, total_loss, correct, seen], device)
+        batch_losses += [s / len(b) for s, b in zip(step_losses, batches, strict=True)]
         sched.step()
         if cfg.bn_recalibrate:
-            recalibrate_batch_norm(model, x)
-        val = evaluate(model, val_ds) if val_ds is not None else None
+            ddp.recalibrate_batch_norm(model, x)
+        val = _validate(model, val_ds, ctx) if val_ds is not None else None
         record = {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen,
                   "val_accuracy": val["accuracy"] if val else None,
                   "val_loss": val["loss"] if val else None, "lr": lr,
                   "seconds": time.perf_counter() - t0}
         history.append(record)
         # Ties go to the later epoch (lower learning rate); without validation: the latest.
-        if val is None or val["accuracy"] >= best_acc:
+        is_best = val is None or val["accuracy"] >= best_acc
+        if is_best:
             best_epoch, best_acc = epoch + 1, val["accuracy"] if val else -1.0
-            save_checkpoint(out, model, quantizer=quantizer, history=history,
-                            meta={**meta, "epoch": epoch + 1,
-                                  "val_accuracy": record["val_accuracy"]})
         state = {"run_key": run_key, "epoch": epoch + 1, "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "generator": gen.get_state(),
                  "torch_rng": torch.get_rng_state(), "best_epoch": best_epoch,
-                 "best_val_accuracy": best_acc}
-        save_checkpoint(last, model, quantizer=quantizer, train_state=state, history=history,
-                        meta={**meta, "epoch": epoch + 1})
+                 "best_val_accuracy": best_acc,
+                 "batch_losses": torch.tensor(batch_losses, dtype=torch.float64)}
+        if main:
+            if is_best:
+                save_checkpoint(out, model, quantizer=quantizer, history=history,
+                                meta={**meta, "epoch": epoch + 1,
+                                      "val_accuracy": record["val_accuracy"]})
+            save_checkpoint(last, model, quantizer=quantizer, train_state=state,
+                            history=history, meta={**meta, "epoch": epoch + 1})
+        ddp.barrier()  # the others wait until process 0 has written this epoch's files
         val_text = f" val acc {val['accuracy']:.4f}" if val else ""
         say(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f} train acc "
             f"{record['train_accuracy']:.4f}{val_text} lr {lr:.2e} ({record['seconds']:.1f} s)")
@@ -417,4 +492,5 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
     best_val = best_acc if best_acc >= 0 else None
     return TrainResult(model=best.model, history=history, best_epoch=best_epoch,
                        best_val_accuracy=best_val, resumed_from=start, out=out, last=last,
-                       seconds=time.perf_counter() - t_run, meta=best.meta)
+                       seconds=time.perf_counter() - t_run, meta=best.meta,
+                       batch_losses=batch_losses)

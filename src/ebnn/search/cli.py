@@ -67,6 +67,9 @@ def add_search_parser(sub: Any) -> None:
     p.add_argument("--study-name", default=STUDY_NAME)
     p.add_argument("--no-final", action="store_true",
                    help="only run trials (extra machines on a shared storage)")
+    p.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
+                   help="a running trial's heartbeat; after 4 silent heartbeats its worker "
+                        "counts as dead and the trial is re-queued (default 30)")
     p.add_argument("--epochs", type=int, default=5, help="training epochs per trial")
     p.add_argument("--final-epochs", type=int, default=30, help="epochs for the best model")
     p.add_argument("--batch-size", type=int, default=64)
@@ -115,7 +118,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                        seed=args.seed, data_dir=args.data_dir, test_data=args.test_data,
                        word_bits=args.word_bits, space=space, sampler=args.sampler,
                        prune_after=args.prune_after, final=not args.no_final,
-                       threads=args.threads, progress=args.progress)
+                       threads=args.threads, progress=args.progress,
+                       heartbeat=args.heartbeat)
     result = search(cfg)
     print(f"{result.trained} trials trained in {result.seconds:.0f} s; Pareto front "
           f"({result.out / 'pareto.md'}):\n")

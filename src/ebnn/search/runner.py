@@ -18,15 +18,17 @@ SQLite file as interrupted) and use ``--workers`` for parallel trials. SQLite co
 few local workers (60 s lock timeout, transactions that take the write lock first); for
 many machines use a database server::
 
-    # once: createdb ebnn; pip install psycopg2-binary
+    # once: createdb ebnn (the psycopg driver comes with the search extra)
     ebnn search --data mnist --ram 2KB --flash 32KB --trials 200 --out run \\
         --storage postgresql://user:pass@dbhost/ebnn --study-name mnist-2k      # main
     ebnn search ...same options... --no-final                                  # others
 
-Every machine runs trials until the study holds ``--trials`` trained trials; machines
-with ``--no-final`` then stop, the main one writes the report and trains the final model.
-A heartbeat (every 30 s) lets a live worker fail and re-queue the trial of a machine that
-died (after 120 s of silence).
+Every machine runs trials until the study holds ``--trials`` trained trials (a worker whose
+work is done waits for the trials other workers are still running); machines with
+``--no-final`` then stop, the main one writes the report and trains the final model,
+once. A heartbeat (every ``--heartbeat`` seconds, 30 by default) lets a live worker fail
+and re-queue the trial of a worker that died (after four heartbeats of silence); see
+:mod:`ebnn.search.storage`.
 
 **A trial** draws a candidate (:class:`~ebnn.search.space.SearchSpace`), folds the untrained
 network (:func:`ebnn.fold.fold`) and plans its memory with the code that sizes the C
@@ -67,7 +69,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -77,11 +78,10 @@ from .budget import Budget, Footprint, best_word_bits, plan_footprint
 from .census import census, check_feasible
 from .report import best_row, front_markdown, pareto_front, trial_row, write_report
 from .space import SearchSpace, describe
+from .storage import HEARTBEAT_S, _quiet_optuna, _requeue, _root, fail_stale, make_storage
 
 STUDY_NAME = "ebnn-search"
 SAMPLERS = ("tpe", "nsga2", "random")
-HEARTBEAT_S = 30
-GRACE_S = 120
 
 
 @dataclass
@@ -97,7 +97,8 @@ class SearchConfig:
     workers always use one. ``count_images`` validation images are run on the target per
     measurement. The first ``seed_trials`` (0 or 1) trial is the feasible candidate with
     the most operations (:mod:`ebnn.search.census`). A worker gives up after
-    ``max_rejected`` rejected candidates in a row.
+    ``max_rejected`` rejected candidates in a row. ``heartbeat`` is the seconds between a
+    running trial's heartbeats (:mod:`ebnn.search.storage`).
     """
 
     data: str
@@ -130,6 +131,7 @@ class SearchConfig:
     max_rejected: int = 300
     final: bool = True
     progress: bool = False
+    heartbeat: int = HEARTBEAT_S
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -144,6 +146,8 @@ class SearchConfig:
                              f"(0, 1), got {self.val_fraction}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; use one of {SAMPLERS}")
+        if self.heartbeat < 1:
+            raise ValueError(f"--heartbeat must be at least 1 second, got {self.heartbeat}")
         if self.word_bits is not None and self.word_bits not in (8, 16, 32):
             raise ValueError(f"--word-bits must be 8, 16 or 32, got {self.word_bits}")
         self.budget()  # raises BudgetError for bad budgets
@@ -187,76 +191,7 @@ class SearchResult:
     paths: dict[str, Path] = field(default_factory=dict)
 
 
-# ---- storage and study ------------------------------------------------------------------
-def _quiet_optuna() -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
-
-
-def _root(trial: Any) -> int:
-    """The trial whose training files this trial uses (itself unless it is a retry)."""
-    return int(trial.user_attrs.get("resume_of", trial.number))
-
-
-def _requeue(study: Any, trial: Any) -> bool:
-    """Queue a retry of an interrupted trained trial (once); True if queued."""
-    import optuna
-
-    if not trial.user_attrs.get("trained") or not trial.params:
-        return False
-    root = _root(trial)
-    for t in study.get_trials(deepcopy=False):
-        if t.number > trial.number and _root(t) == root and t.state != optuna.trial.TrialState.FAIL:
-            return False
-    study.enqueue_trial(trial.params, user_attrs={"resume_of": root}, skip_if_exists=False)
-    return True
-
-
-def _on_stale(study: Any, trial: Any) -> None:
-    # Called by Optuna's heartbeat check when a worker died mid-trial.
-    _requeue(study, trial)
-
-
-def make_storage(url: str) -> Any:
-    """An Optuna RDB storage with a lock timeout (SQLite) and a heartbeat."""
-    import optuna
-
-    _quiet_optuna()
-    sqlite = url.startswith("sqlite")
-    kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if sqlite else \
-        {"pool_pre_ping": True}
-    storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
-                                         heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                         heartbeat_stale_trial_callback=_on_stale)
-    if sqlite:
-        _serialize_sqlite(storage.engine)
-    return storage
-
-
-def _serialize_sqlite(engine: Any) -> None:
-    """Make every SQLite transaction ``BEGIN IMMEDIATE``.
-
-    Python's sqlite3 driver starts a transaction only at the first write, so two workers
-    can both read a queued (WAITING) trial as free and both claim it; Optuna relies on
-    ``SELECT ... FOR UPDATE``, which SQLite lacks. Taking the write lock at the start of
-    each transaction (SQLAlchemy's documented recipe) makes the claim atomic.
-    """
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # let SQLAlchemy emit BEGIN itself
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()  # connections opened before the listeners existed
-
-
+# ---- study -------------------------------------------------------------------------------
 def _constraints(trial: Any) -> list[float]:
     return list(trial.user_attrs.get("constraint", [0.0, 0.0, 0.0]))
 
@@ -283,7 +218,7 @@ def open_study(cfg: SearchConfig, seed: int = 0, create: bool = False,
     import optuna
 
     _quiet_optuna()
-    storage = storage or make_storage(cfg.storage_url())
+    storage = storage or make_storage(cfg.storage_url(), cfg.heartbeat)
     sampler = make_sampler(cfg.sampler, seed, cfg.trials)
     if create:
         return optuna.create_study(storage=storage, study_name=cfg.study_name,
@@ -366,13 +301,43 @@ class Worker:
         elif self.rejected_streak() >= self.cfg.max_rejected:
             self.log(f"stopping: {self.cfg.max_rejected} candidates in a row were rejected "
                      "or already trained; the budget leaves little room in this search space")
+            self.gave_up = True
             study.stop()
 
+    def _others_running(self) -> list[int]:
+        """Trained trials still running (in other workers, or left by dead ones)."""
+        import optuna
+
+        states = (optuna.trial.TrialState.RUNNING,)
+        return [t.number for t in self.study.get_trials(deepcopy=False, states=states)
+                if t.user_attrs.get("trained")]
+
+    def _wait_for_others(self) -> None:
+        """Wait until no trained trial is running: each one completes, is pruned, or its
+        worker died and the heartbeat check fails it (queueing a retry for us)."""
+        said: list[int] = []
+        while True:
+            fail_stale(self.study)
+            running = self._others_running()
+            if not running or self.trained() >= self.cfg.trials:
+                return
+            if running != said:
+                self.log(f"waiting for trial(s) {', '.join(map(str, running))} of other "
+                         "workers")
+                said = running
+            time.sleep(min(5.0, self.cfg.heartbeat))
+
     def run(self) -> None:
-        if self.trained() >= self.cfg.trials:
-            return
-        self.study.optimize(self.objective, callbacks=[self._stop_when_done],
-                            gc_after_trial=False, catch=(_Surplus,))
+        """Run trials until the study holds ``cfg.trials`` trained trials, waiting for
+        other workers' trials when this worker stopped with the study one short (a trial
+        of a dead worker then comes back as a retry and is trained here)."""
+        self.gave_up = False
+        while self.trained() < self.cfg.trials and not self.gave_up:
+            self.study.optimize(self.objective, callbacks=[self._stop_when_done],
+                                gc_after_trial=False, catch=(_Surplus,))
+            if self.trained() >= self.cfg.trials or self.gave_up:
+                return
+            self._wait_for_others()
 
     # -- the objective --------------------------------------------------------------------
     def _values(self, acc: float, fp: Footprint | None, count: float | None) -> tuple:
@@ -660,7 +625,7 @@ def _prepare(cfg: SearchConfig, log: Callable[[str], None]) -> Any:
     found = census(space, tr.input_shape, tr.classes, budget, cfg.word_bits, seed=cfg.seed)
     check_feasible(found, budget, tr.input_shape)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    storage = make_storage(cfg.storage_url())
+    storage = make_storage(cfg.storage_url(), cfg.heartbeat)
     study = open_study(cfg, create=True, storage=storage)
     key = json.loads(json.dumps(cfg.study_key(budget)))
     stored = study.user_attrs.get("setup")
@@ -675,6 +640,8 @@ def _prepare(cfg: SearchConfig, log: Callable[[str], None]) -> Any:
         # Our own SQLite file: a RUNNING trial is left over from a killed run.
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    else:
+        fail_stale(study)  # trials of workers that died (the heartbeat went silent)
     requeued = sum(_requeue(study, t) for t in
                    study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
     if requeued:
