@@ -1,0 +1,433 @@
+/* ebnn fast host engine: batched inference of an ebnn IntegerModel (docs/FORMAT.md) on
+ * bit-packed maps, split across threads. Built and called by the Python package ebnn.fast,
+ * which packs the model (weights, per-position popcount limits) once per model.
+ *
+ * Maps are HWC, packed per pixel into 32-bit words (channel c in word c / 32, bit c % 32),
+ * and stored with a border of zero words as wide as the padding of the layer that reads
+ * them. A zero input bit is the value -1, not the 0 of FORMAT.md section 3, so a border
+ * tap adds the weight's bits to the mismatch count; the packer folds that, and the
+ * threshold, into one limit per (border class, channel): a binary channel fires iff
+ *     popcount over ALL taps of (input ^ weight) <= limit[class][channel],
+ * and the comparison is exact integer arithmetic, so the result equals the NumPy engine's
+ * bit for bit. The first layer works on int32 centred inputs (x - offset) padded with 0,
+ * which is exactly FORMAT.md section 4: with m = -1 where the weight is -1 and 0 where
+ * it is +1, w * v = (v ^ m) - m, so z = sum (v ^ m) + (number of -1 weights), a constant
+ * per channel that the packer moves into the threshold (padding values 0 add 0).
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ebnn_fast_simd.h"
+
+/* Must match ebnn/fast/pack.py (_Layer, _Model). */
+typedef struct {
+    int32_t first, output;
+    int32_t in_h, in_w, in_c, in_cw; /* input map; in_cw: words per pixel (binary input) */
+    int32_t pad, kh, kw, pool;
+    int32_t hc, wc, ho, wo;          /* conv output and pooled output */
+    int32_t out_c, stride;           /* channels; stride: channels rounded up to 16 */
+    int32_t ncx;                     /* column border classes */
+    int32_t fan;                     /* output layer, binary input: KH * KW * C */
+    const uint32_t *wbits;           /* binary input: [tap][in_cw][stride] */
+    const int32_t *wmask;            /* first layer: [tap][in_c][stride], -1 where -1 */
+    const int32_t *limit;            /* binary: [row class][col class][stride] */
+    const int32_t *rowclass, *colclass; /* [hc], [wc] */
+    const int32_t *thresh;           /* first layer: T - negatives [stride] (huge on padding
+                                        lanes); output first layer: negatives [out_c] */
+    const uint32_t *flip;            /* [ceil(out_c / 32)] */
+    const int64_t *scale, *bias;     /* output layer: [out_c] */
+} ebnn_layer;
+
+typedef struct {
+    int32_t nlayers, classes;
+    const int32_t *offset; /* [in_c] of layer 0 */
+    const ebnn_layer *layers;
+} ebnn_model;
+
+#define OUT_WORDS(c) (((c) + 31) / 32)
+
+static int padded_words(const ebnn_layer *l)
+{
+    return (l->in_h + 2 * l->pad) * (l->in_w + 2 * l->pad) * l->in_cw;
+}
+
+/* A dense layer (the kernel covers the unpadded map) runs over a tile of images at once. */
+static int is_dense(const ebnn_layer *l)
+{
+    return l->hc == 1 && l->wc == 1 && l->pad == 0 && l->pool == 1;
+}
+
+typedef struct {
+    const ebnn_model *m;
+    const uint8_t *x;
+    int64_t *scores;
+    int64_t lo, hi; /* images of this thread */
+    int status;
+} job;
+
+typedef struct {
+    uint32_t *map[2];   /* ping-pong binary maps, R images each */
+    int32_t *centred;   /* first layer input, R images */
+    uint32_t *fires;    /* fire bits of one conv map (+ R slack positions) */
+    int32_t *raw;       /* R x stride raw accumulators of the output layer */
+    int32_t *tapoff;    /* ntaps */
+    int map_words, centred_words;
+} scratch;
+
+static int scratch_init(scratch *s, const ebnn_model *m)
+{
+    int i, maxmap = 1, maxrow = 1, maxtaps = 1, maxstride = 16;
+    const ebnn_layer *l0 = &m->layers[0];
+    memset(s, 0, sizeof *s);
+    for (i = 0; i < m->nlayers; i++) {
+        const ebnn_layer *l = &m->layers[i];
+        const int ow = OUT_WORDS(l->out_c);
+        if (!l->first && padded_words(l) > maxmap) maxmap = padded_words(l);
+        if ((l->ho * l->pool * l->wo * l->pool + R) * ow > maxrow)
+            maxrow = (l->ho * l->pool * l->wo * l->pool + R) * ow;
+        if (R * ow > maxrow) maxrow = R * ow;
+        if (l->kh * l->kw > maxtaps) maxtaps = l->kh * l->kw;
+        if (l->stride > maxstride) maxstride = l->stride;
+    }
+    s->map_words = maxmap;
+    s->centred_words = (l0->in_h + 2 * l0->pad) * (l0->in_w + 2 * l0->pad) * l0->in_c;
+    s->map[0] = calloc((size_t)R * maxmap, sizeof(uint32_t));
+    s->map[1] = calloc((size_t)R * maxmap, sizeof(uint32_t));
+    s->centred = calloc((size_t)R * s->centred_words, sizeof(int32_t));
+    s->fires = calloc((size_t)maxrow, sizeof(uint32_t));
+    s->raw = calloc((size_t)R * maxstride, sizeof(int32_t));
+    s->tapoff = calloc((size_t)maxtaps, sizeof(int32_t));
+    return s->map[0] && s->map[1] && s->centred && s->fires && s->raw && s->tapoff;
+}
+
+static void scratch_free(scratch *s)
+{
+    free(s->map[0]);
+    free(s->map[1]);
+    free(s->centred);
+    free(s->fires);
+    free(s->raw);
+    free(s->tapoff);
+}
+
+/* R positions -> fire bits out[r * ow + word] (before flip), or raw lane sums. */
+static void bin_positions(const ebnn_layer *l, const uint32_t *const *base,
+                          const int32_t *tapoff, int ntaps, int cw,
+                          const int32_t *const *limit, uint32_t *out, int ow, int32_t *raw)
+{
+    const int nob = (l->out_c + LANES - 1) / LANES;
+    vec acc[R];
+    int ob, r;
+    if (out)
+        memset(out, 0, (size_t)R * ow * sizeof *out);
+    for (ob = 0; ob < nob; ob++) {
+        bin_block(base, tapoff, ntaps, cw, l->wbits, l->stride, ob, acc);
+        for (r = 0; r < R; r++) {
+            if (out) {
+                const uint32_t bits = VLE_BITS(acc[r], VLOAD(limit[r] + ob * LANES));
+                out[r * ow + ob * LANES / 32] |= bits << ((ob * LANES) % 32);
+            } else {
+                VSTORE(raw + (size_t)r * l->stride + ob * LANES, acc[r]);
+            }
+        }
+    }
+}
+
+static void first_positions(const ebnn_layer *l, const int32_t *const *base,
+                            const int32_t *tapoff, int ntaps, int c, uint32_t *out, int ow,
+                            int32_t *raw)
+{
+    const int nob = (l->out_c + LANES - 1) / LANES;
+    vec acc[R];
+    int ob, r;
+    if (out)
+        memset(out, 0, (size_t)R * ow * sizeof *out);
+    for (ob = 0; ob < nob; ob++) {
+        first_block(base, tapoff, ntaps, c, l->wmask, l->stride, ob, acc);
+        for (r = 0; r < R; r++) {
+            if (out) {
+                /* z = acc + negatives >= T, thresh = T - negatives */
+                const uint32_t bits = VGE_BITS(acc[r], VLOAD(l->thresh + ob * LANES));
+                out[r * ow + ob * LANES / 32] |= bits << ((ob * LANES) % 32);
+            } else {
+                VSTORE(raw + (size_t)r * l->stride + ob * LANES, acc[r]);
+            }
+        }
+    }
+}
+
+/* Write one pooled output pixel (fire bits ^ flip) into the next map. */
+static void put_pixel(uint32_t *dst, const uint32_t *bits, const uint32_t *flip, int ow)
+{
+    int k;
+    for (k = 0; k < ow; k++) dst[k] = bits[k] ^ flip[k];
+}
+
+/* One conv layer (not dense) over one image: src is its padded input map (uint32 for
+ * binary layers, int32 centred values for the first), dst the next padded map. Positions
+ * are taken R at a time in raster order across rows, so narrow maps waste no lanes. */
+static void conv_image(const ebnn_layer *l, scratch *s, const void *src, uint32_t *dst,
+                       int next_pad)
+{
+    const int ow = OUT_WORDS(l->out_c);
+    const int wp = l->in_w + 2 * l->pad;
+    const int unit = l->first ? l->in_c : l->in_cw; /* words per input pixel */
+    const int ntaps = l->kh * l->kw;
+    const int hu = l->ho * l->pool, wu = l->wo * l->pool, npos = hu * wu;
+    const int dwp = l->wo + 2 * next_pad;
+    int p0, r, ky, kx, yo, xo, py, px, k;
+    for (ky = 0; ky < l->kh; ky++)
+        for (kx = 0; kx < l->kw; kx++) s->tapoff[ky * l->kw + kx] = (ky * wp + kx) * unit;
+    for (p0 = 0; p0 < npos; p0 += R) {
+        int ys[R], xs[R];
+        for (r = 0; r < R; r++) {
+            const int p = p0 + r < npos ? p0 + r : npos - 1;
+            ys[r] = p / wu;
+            xs[r] = p % wu;
+        }
+        if (l->first) {
+            const int32_t *base[R];
+            for (r = 0; r < R; r++)
+                base[r] = (const int32_t *)src + ((size_t)ys[r] * wp + xs[r]) * unit;
+            first_positions(l, base, s->tapoff, ntaps, unit, s->fires + (size_t)p0 * ow, ow,
+                            NULL);
+        } else {
+            const uint32_t *base[R];
+            const int32_t *limit[R];
+            for (r = 0; r < R; r++) {
+                base[r] = (const uint32_t *)src + ((size_t)ys[r] * wp + xs[r]) * unit;
+                limit[r] = l->limit + ((size_t)l->rowclass[ys[r]] * l->ncx +
+                                       l->colclass[xs[r]]) * l->stride;
+            }
+            bin_positions(l, base, s->tapoff, ntaps, unit, limit, s->fires + (size_t)p0 * ow,
+                          ow, NULL);
+        }
+    }
+    /* max-pool = OR of fire bits over the window, then XOR flip (FORMAT.md section 6) */
+    for (yo = 0; yo < l->ho; yo++)
+        for (xo = 0; xo < l->wo; xo++) {
+            uint32_t *d = dst + ((size_t)(yo + next_pad) * dwp + xo + next_pad) * ow;
+            for (k = 0; k < ow; k++) {
+                uint32_t bits = 0;
+                for (py = 0; py < l->pool; py++)
+                    for (px = 0; px < l->pool; px++)
+                        bits |= s->fires[((size_t)(yo * l->pool + py) * wu + xo * l->pool + px)
+                                         * ow + k];
+                d[k] = bits ^ l->flip[k];
+            }
+        }
+}
+
+/* Scores of the output layer from raw lane sums: A z + Bias (FORMAT.md 7). */
+static void put_scores(const ebnn_layer *l, const int32_t *raw, int64_t *scores, int n)
+{
+    int r, o;
+    for (r = 0; r < n; r++)
+        for (o = 0; o < l->out_c; o++) {
+            const int64_t a = raw[(size_t)r * l->stride + o];
+            const int64_t z = l->first ? a + l->thresh[o] : (int64_t)l->fan - 2 * a;
+            scores[(size_t)r * l->out_c + o] = l->scale[o] * z + l->bias[o];
+        }
+}
+
+/* Images [i0, i0 + n) with n <= R: layer by layer, conv layers image by image, dense
+ * layers over the whole tile. */
+static void run_tile(const ebnn_model *m, scratch *s, const uint8_t *x, int64_t i0, int n,
+                     int64_t *scores)
+{
+    const ebnn_layer *l0 = &m->layers[0];
+    const int in_pixels = l0->in_h * l0->in_w;
+    const int cwp = l0->in_w + 2 * l0->pad;
+    int li, r, y, xx, k, cur = 0;
+    /* centred, zero-padded first-layer input */
+    for (r = 0; r < n; r++) {
+        const uint8_t *img = x + (size_t)(i0 + r) * in_pixels * l0->in_c;
+        int32_t *c = s->centred + (size_t)r * s->centred_words;
+        if (l0->pad) memset(c, 0, (size_t)s->centred_words * sizeof *c);
+        for (y = 0; y < l0->in_h; y++)
+            for (xx = 0; xx < l0->in_w; xx++)
+                for (k = 0; k < l0->in_c; k++)
+                    c[((size_t)(y + l0->pad) * cwp + xx + l0->pad) * l0->in_c + k] =
+                        (int32_t)img[((size_t)y * l0->in_w + xx) * l0->in_c + k] - m->offset[k];
+    }
+    for (li = 0; li < m->nlayers; li++) {
+        const ebnn_layer *l = &m->layers[li];
+        const int next_pad = li + 1 < m->nlayers ? m->layers[li + 1].pad : 0;
+        const int dst_words = (l->ho + 2 * next_pad) * (l->wo + 2 * next_pad) * OUT_WORDS(l->out_c);
+        uint32_t *dst = s->map[1 - cur];
+        if (l->output || is_dense(l)) {
+            const int ow = OUT_WORDS(l->out_c);
+            const int ntaps = 1;
+            s->tapoff[0] = 0;
+            if (l->first) {
+                const int c = l->in_h * l->in_w * l->in_c;
+                const int32_t *base[R];
+                for (r = 0; r < R; r++)
+                    base[r] = s->centred + (size_t)(r < n ? r : n - 1) * s->centred_words;
+                first_positions(l, base, s->tapoff, ntaps, c,
+                                l->output ? NULL : s->fires, ow, s->raw);
+            } else {
+                const int cw = l->in_h * l->in_w * l->in_cw;
+                const uint32_t *base[R];
+                const int32_t *limit[R];
+                for (r = 0; r < R; r++) {
+                    base[r] = s->map[cur] + (size_t)(r < n ? r : n - 1) * s->map_words;
+                    limit[r] = l->limit;
+                }
+                bin_positions(l, base, s->tapoff, ntaps, cw, limit,
+                              l->output ? NULL : s->fires, ow, s->raw);
+            }
+            if (l->output) {
+                put_scores(l, s->raw, scores + (size_t)i0 * l->out_c, n);
+                return;
+            }
+            for (r = 0; r < n; r++) {
+                uint32_t *d = dst + (size_t)r * s->map_words;
+                if (next_pad) memset(d, 0, (size_t)dst_words * sizeof *d);
+                put_pixel(d + ((size_t)next_pad * (1 + 2 * next_pad) + next_pad) * ow,
+                          s->fires + r * ow, l->flip, ow);
+            }
+        } else {
+            for (r = 0; r < n; r++) {
+                uint32_t *d = dst + (size_t)r * s->map_words;
+                const void *src = l->first ? (const void *)(s->centred + (size_t)r * s->centred_words)
+                                           : (const void *)(s->map[cur] + (size_t)r * s->map_words);
+                if (next_pad) memset(d, 0, (size_t)dst_words * sizeof *d);
+                conv_image(l, s, src, d, next_pad);
+            }
+        }
+        cur = 1 - cur;
+    }
+}
+
+static void *worker(void *arg)
+{
+    job *j = (job *)arg;
+    scratch s;
+    int64_t i;
+    if (!scratch_init(&s, j->m)) {
+        scratch_free(&s);
+        j->status = -1;
+        return NULL;
+    }
+    for (i = j->lo; i < j->hi; i += R) {
+        const int n = j->hi - i < R ? (int)(j->hi - i) : R;
+        run_tile(j->m, &s, j->x, i, n, j->scores);
+    }
+    scratch_free(&s);
+    j->status = 0;
+    return NULL;
+}
+
+/* Scores of n images (uint8 HWC, contiguous) into scores[n][classes]. Returns 0, or -1 if
+ * memory or a thread could not be had. */
+int ebnn_fast_scores(const ebnn_model *m, const uint8_t *x, int64_t n, int64_t *scores,
+                     int threads)
+{
+    job jobs[256];
+    pthread_t tid[256];
+    const int64_t tiles = (n + R - 1) / R;
+    int t, rc = 0;
+    if (n <= 0) return 0;
+    if (threads < 1) threads = 1;
+    if (threads > 256) threads = 256;
+    if (threads > tiles) threads = (int)tiles;
+    for (t = 0; t < threads; t++) {
+        jobs[t].m = m;
+        jobs[t].x = x;
+        jobs[t].scores = scores;
+        jobs[t].lo = tiles * t / threads * R;
+        jobs[t].hi = t + 1 == threads ? n : tiles * (t + 1) / threads * R;
+        jobs[t].status = -1;
+    }
+    for (t = 1; t < threads; t++)
+        if (pthread_create(&tid[t], NULL, worker, &jobs[t]) != 0) jobs[t].status = -2;
+    worker(&jobs[0]);
+    for (t = 1; t < threads; t++) {
+        if (jobs[t].status != -2) pthread_join(tid[t], NULL);
+        else worker(&jobs[t]); /* no thread: do its share here */
+        if (jobs[t].status) rc = -1;
+    }
+    return jobs[0].status ? -1 : rc;
+}
+
+/* Binary GEMM for the kernel benchmark: out[i][o] = kbits - 2 popcount(a[i] ^ b[o]) with
+ * a packed [m][kw] and b packed [kw][stride] (column o of word j at b[j * stride + o]),
+ * n <= stride, stride a multiple of 16. Rows are split across threads. */
+typedef struct {
+    const uint32_t *a, *b;
+    int32_t *out;
+    int64_t lo, hi;
+    int n, kw, kbits, stride;
+} gemm_job;
+
+static void *gemm_worker(void *arg)
+{
+    gemm_job *g = (gemm_job *)arg;
+    const int nob = (g->n + LANES - 1) / LANES;
+    const int32_t off0 = 0;
+    int64_t rb, i0;
+    int ob, r, l;
+    for (rb = g->lo; rb < g->hi; rb += 64) { /* 64 rows of a stay in cache over all of b */
+        const int64_t rend = rb + 64 < g->hi ? rb + 64 : g->hi;
+        for (ob = 0; ob < nob; ob++) {
+            for (i0 = rb; i0 < rend; i0 += R) {
+                const uint32_t *base[R];
+                int32_t tmp[R * LANES];
+                vec acc[R];
+                for (r = 0; r < R; r++)
+                    base[r] = g->a + (size_t)(i0 + r < rend ? i0 + r : rend - 1) * g->kw;
+                bin_block(base, &off0, 1, g->kw, g->b, g->stride, ob, acc);
+                for (r = 0; r < R && i0 + r < rend; r++) {
+                    int32_t *o = g->out + (size_t)(i0 + r) * g->n + ob * LANES;
+                    VSTORE(tmp + r * LANES, acc[r]);
+                    for (l = 0; l < LANES && ob * LANES + l < g->n; l++)
+                        o[l] = g->kbits - 2 * tmp[r * LANES + l];
+                }
+            }
+        }
+    }
+    return NULL;
+}
+
+int ebnn_fast_bgemm(const uint32_t *a, const uint32_t *b, int64_t m, int n, int kw, int kbits,
+                    int stride, int32_t *out, int threads)
+{
+    gemm_job jobs[256];
+    pthread_t tid[256];
+    int t;
+    if (m <= 0) return 0;
+    if (threads < 1) threads = 1;
+    if (threads > 256) threads = 256;
+    if (threads > m) threads = (int)m;
+    for (t = 0; t < threads; t++) {
+        gemm_job g = {a, b, out, m * t / threads, m * (t + 1) / threads, n, kw, kbits, stride};
+        jobs[t] = g;
+    }
+    for (t = 1; t < threads; t++)
+        if (pthread_create(&tid[t], NULL, gemm_worker, &jobs[t]) != 0) return -1;
+    gemm_worker(&jobs[0]);
+    for (t = 1; t < threads; t++) pthread_join(tid[t], NULL);
+    return 0;
+}
+
+/* Lanes of this build (16 AVX-512, 8 AVX2 and portable, 4 NEON). */
+int ebnn_fast_lanes(void) { return LANES; }
+
+/* 1 if this CPU can run the named ISA's build (checked in the portable build). */
+int ebnn_fast_cpu_has(const char *isa)
+{
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (strcmp(isa, "avx512") == 0)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vpopcntdq");
+    if (strcmp(isa, "avx2") == 0) return __builtin_cpu_supports("avx2");
+#endif
+#if defined(__aarch64__)
+    if (strcmp(isa, "neon") == 0) return 1;
+#endif
+    return strcmp(isa, "portable") == 0;
+}
