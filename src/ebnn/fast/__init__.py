@@ -73,6 +73,18 @@ class FastModel:
         """Predicted class per input: the first index of the largest score."""
         return np.argmax(self.scores(x, threads), axis=1)
 
+    def profile(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of ``x`` on one thread, and the seconds spent per step: float64
+        (1 + layers,), step 0 centring the input, step ``1 + i`` layer ``i``."""
+        hwc = to_hwc(self.model, x)
+        out = np.empty((len(hwc), self.model.classes), np.int64)
+        seconds = np.zeros(1 + len(self.model.layers))
+        if len(hwc) and self._lib.ebnn_fast_profile(self._packed.pointer, hwc.ctypes.data,
+                                                    len(hwc), out.ctypes.data,
+                                                    seconds.ctypes.data):
+            raise MemoryError("ebnn fast engine: out of memory")
+        return out, seconds
+
 
 def bgemm(a_bits: np.ndarray, b_bits: np.ndarray, isa: str | None = None,
           threads: int | None = None) -> np.ndarray:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 SOURCE_DIR = Path(__file__).resolve().parent
 SOURCES = ("ebnn_fast.c", "ebnn_fast_simd.h")
-BASE_FLAGS = ("-std=gnu99", "-O3", "-fPIC", "-shared", "-pthread", "-Wall", "-Wextra")
+BASE_FLAGS = ("-std=gnu99", "-O3", "-fPIC", "-shared", "-pthread", "-Wall", "-Wextra", "-g")
 
 # ISA name -> (compiler flags, the CPU architectures it exists on), best first.
 ISA_FLAGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -121,6 +121,9 @@ def load_library(isa: str) -> ctypes.CDLL:
     lib.ebnn_fast_scores.restype = ctypes.c_int
     lib.ebnn_fast_scores.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                      ctypes.c_void_p, ctypes.c_int]
+    lib.ebnn_fast_profile.restype = ctypes.c_int
+    lib.ebnn_fast_profile.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                      ctypes.c_void_p, ctypes.c_void_p]
     lib.ebnn_fast_bgemm.restype = ctypes.c_int
     lib.ebnn_fast_bgemm.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                     ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,

@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ebnn_fast_simd.h"
 
@@ -64,6 +65,7 @@ typedef struct {
     const uint8_t *x;
     int64_t *scores;
     int64_t lo, hi; /* images of this thread */
+    double *prof;   /* NULL, or per-step seconds (see scratch) */
     int status;
 } job;
 
@@ -73,12 +75,21 @@ typedef struct {
     uint32_t *fires;    /* fire bits of one conv map (+ R slack positions) */
     int32_t *raw;       /* R x stride raw accumulators of the output layer */
     int32_t *tapoff;    /* ntaps */
+    uint32_t *patch;    /* R gathered input windows, interleaved [k][R] */
     int map_words, centred_words;
+    double *prof;       /* NULL, or seconds spent: [0] input, [1 + i] layer i */
 } scratch;
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t); /* robust to other processes */
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
 static int scratch_init(scratch *s, const ebnn_model *m)
 {
-    int i, maxmap = 1, maxrow = 1, maxtaps = 1, maxstride = 16;
+    int i, maxmap = 1, maxrow = 1, maxtaps = 1, maxstride = 16, maxk = 1;
     const ebnn_layer *l0 = &m->layers[0];
     memset(s, 0, sizeof *s);
     for (i = 0; i < m->nlayers; i++) {
@@ -90,6 +101,8 @@ static int scratch_init(scratch *s, const ebnn_model *m)
         if (R * ow > maxrow) maxrow = R * ow;
         if (l->kh * l->kw > maxtaps) maxtaps = l->kh * l->kw;
         if (l->stride > maxstride) maxstride = l->stride;
+        if (l->kh * l->kw * (l->first ? l->in_c : l->in_cw) > maxk)
+            maxk = l->kh * l->kw * (l->first ? l->in_c : l->in_cw);
     }
     s->map_words = maxmap;
     s->centred_words = (l0->in_h + 2 * l0->pad) * (l0->in_w + 2 * l0->pad) * l0->in_c;
@@ -99,7 +112,8 @@ static int scratch_init(scratch *s, const ebnn_model *m)
     s->fires = calloc((size_t)maxrow, sizeof(uint32_t));
     s->raw = calloc((size_t)R * maxstride, sizeof(int32_t));
     s->tapoff = calloc((size_t)maxtaps, sizeof(int32_t));
-    return s->map[0] && s->map[1] && s->centred && s->fires && s->raw && s->tapoff;
+    s->patch = calloc((size_t)R * maxk, sizeof(uint32_t));
+    return s->map[0] && s->map[1] && s->centred && s->fires && s->raw && s->tapoff && s->patch;
 }
 
 static void scratch_free(scratch *s)
@@ -110,11 +124,22 @@ static void scratch_free(scratch *s)
     free(s->fires);
     free(s->raw);
     free(s->tapoff);
+    free(s->patch);
+}
+
+/* Gather R windows into the interleaved patch: patch[(t * unit + j) * R + r] =
+ * base[r][tapoff[t] + j]. */
+static void gather(uint32_t *patch, const uint32_t *const *base, const int32_t *tapoff,
+                   int ntaps, int unit)
+{
+    int r, t, j;
+    for (t = 0; t < ntaps; t++)
+        for (j = 0; j < unit; j++, patch += R)
+            for (r = 0; r < R; r++) patch[r] = base[r][tapoff[t] + j];
 }
 
 /* R positions -> fire bits out[r * ow + word] (before flip), or raw lane sums. */
-static void bin_positions(const ebnn_layer *l, const uint32_t *const *base,
-                          const int32_t *tapoff, int ntaps, int cw,
+static void bin_positions(const ebnn_layer *l, const uint32_t *patch, int k,
                           const int32_t *const *limit, uint32_t *out, int ow, int32_t *raw)
 {
     const int nob = (l->out_c + LANES - 1) / LANES;
@@ -123,7 +148,7 @@ static void bin_positions(const ebnn_layer *l, const uint32_t *const *base,
     if (out)
         memset(out, 0, (size_t)R * ow * sizeof *out);
     for (ob = 0; ob < nob; ob++) {
-        bin_block(base, tapoff, ntaps, cw, l->wbits, l->stride, ob, acc);
+        bin_block(patch, k, l->wbits, l->stride, ob, acc);
         for (r = 0; r < R; r++) {
             if (out) {
                 const uint32_t bits = VLE_BITS(acc[r], VLOAD(limit[r] + ob * LANES));
@@ -135,9 +160,8 @@ static void bin_positions(const ebnn_layer *l, const uint32_t *const *base,
     }
 }
 
-static void first_positions(const ebnn_layer *l, const int32_t *const *base,
-                            const int32_t *tapoff, int ntaps, int c, uint32_t *out, int ow,
-                            int32_t *raw)
+static void first_positions(const ebnn_layer *l, const int32_t *patch, int k, uint32_t *out,
+                            int ow, int32_t *raw)
 {
     const int nob = (l->out_c + LANES - 1) / LANES;
     vec acc[R];
@@ -145,7 +169,7 @@ static void first_positions(const ebnn_layer *l, const int32_t *const *base,
     if (out)
         memset(out, 0, (size_t)R * ow * sizeof *out);
     for (ob = 0; ob < nob; ob++) {
-        first_block(base, tapoff, ntaps, c, l->wmask, l->stride, ob, acc);
+        first_block(patch, k, l->wmask, l->stride, ob, acc);
         for (r = 0; r < R; r++) {
             if (out) {
                 /* z = acc + negatives >= T, thresh = T - negatives */
@@ -187,22 +211,21 @@ static void conv_image(const ebnn_layer *l, scratch *s, const void *src, uint32_
             ys[r] = p / wu;
             xs[r] = p % wu;
         }
+        /* int32 centred values travel through the patch as their bit patterns */
+        const uint32_t *base[R];
+        for (r = 0; r < R; r++)
+            base[r] = (const uint32_t *)src + ((size_t)ys[r] * wp + xs[r]) * unit;
+        gather(s->patch, base, s->tapoff, ntaps, unit);
         if (l->first) {
-            const int32_t *base[R];
-            for (r = 0; r < R; r++)
-                base[r] = (const int32_t *)src + ((size_t)ys[r] * wp + xs[r]) * unit;
-            first_positions(l, base, s->tapoff, ntaps, unit, s->fires + (size_t)p0 * ow, ow,
-                            NULL);
+            first_positions(l, (const int32_t *)s->patch, ntaps * unit,
+                            s->fires + (size_t)p0 * ow, ow, NULL);
         } else {
-            const uint32_t *base[R];
             const int32_t *limit[R];
-            for (r = 0; r < R; r++) {
-                base[r] = (const uint32_t *)src + ((size_t)ys[r] * wp + xs[r]) * unit;
+            for (r = 0; r < R; r++)
                 limit[r] = l->limit + ((size_t)l->rowclass[ys[r]] * l->ncx +
                                        l->colclass[xs[r]]) * l->stride;
-            }
-            bin_positions(l, base, s->tapoff, ntaps, unit, limit, s->fires + (size_t)p0 * ow,
-                          ow, NULL);
+            bin_positions(l, s->patch, ntaps * unit, limit, s->fires + (size_t)p0 * ow, ow,
+                          NULL);
         }
     }
     /* max-pool = OR of fire bits over the window, then XOR flip (FORMAT.md section 6) */
@@ -232,74 +255,103 @@ static void put_scores(const ebnn_layer *l, const int32_t *raw, int64_t *scores,
         }
 }
 
+/* The centred, zero-padded first-layer input of images [i0, i0 + n). */
+static void centre_input(const ebnn_model *m, scratch *s, const uint8_t *x, int64_t i0, int n)
+{
+    const ebnn_layer *l0 = &m->layers[0];
+    const int cwp = l0->in_w + 2 * l0->pad, c = l0->in_c;
+    const size_t image = (size_t)l0->in_h * l0->in_w * c;
+    int r, y, xx, k;
+    for (r = 0; r < n; r++) {
+        const uint8_t *img = x + (size_t)(i0 + r) * image;
+        int32_t *out = s->centred + (size_t)r * s->centred_words;
+        if (l0->pad) memset(out, 0, (size_t)s->centred_words * sizeof *out);
+        for (y = 0; y < l0->in_h; y++) {
+            int32_t *row = out + ((size_t)(y + l0->pad) * cwp + l0->pad) * c;
+            const uint8_t *in = img + (size_t)y * l0->in_w * c;
+            if (c == 1) { /* the common grey-scale case, vectorised by the compiler */
+                const int32_t off = m->offset[0];
+                for (xx = 0; xx < l0->in_w; xx++) row[xx] = (int32_t)in[xx] - off;
+            } else {
+                for (xx = 0; xx < l0->in_w; xx++)
+                    for (k = 0; k < c; k++)
+                        row[xx * c + k] = (int32_t)in[xx * c + k] - m->offset[k];
+            }
+        }
+    }
+}
+
+/* A dense or output layer over the whole tile of n images (R rows of a binary GEMM). */
+static void dense_tile(const ebnn_layer *l, scratch *s, const uint32_t *src, uint32_t *dst,
+                       int next_pad, int n, int64_t *scores)
+{
+    const int ow = OUT_WORDS(l->out_c);
+    const int dst_words = (1 + 2 * next_pad) * (1 + 2 * next_pad) * ow;
+    const int k = l->in_h * l->in_w * (l->first ? l->in_c : l->in_cw);
+    const uint32_t *base[R];
+    int r;
+    s->tapoff[0] = 0;
+    for (r = 0; r < R; r++) {
+        const int i = r < n ? r : n - 1;
+        base[r] = l->first ? (const uint32_t *)(s->centred + (size_t)i * s->centred_words)
+                           : src + (size_t)i * s->map_words;
+    }
+    gather(s->patch, base, s->tapoff, 1, k);
+    if (l->first) {
+        first_positions(l, (const int32_t *)s->patch, k, l->output ? NULL : s->fires, ow,
+                        s->raw);
+    } else {
+        const int32_t *limit[R];
+        for (r = 0; r < R; r++) limit[r] = l->limit;
+        bin_positions(l, s->patch, k, limit, l->output ? NULL : s->fires, ow, s->raw);
+    }
+    if (l->output) {
+        put_scores(l, s->raw, scores, n);
+        return;
+    }
+    for (r = 0; r < n; r++) {
+        uint32_t *d = dst + (size_t)r * s->map_words;
+        if (next_pad) memset(d, 0, (size_t)dst_words * sizeof *d);
+        put_pixel(d + ((size_t)next_pad * (1 + 2 * next_pad) + next_pad) * ow,
+                  s->fires + r * ow, l->flip, ow);
+    }
+}
+
 /* Images [i0, i0 + n) with n <= R: layer by layer, conv layers image by image, dense
  * layers over the whole tile. */
 static void run_tile(const ebnn_model *m, scratch *s, const uint8_t *x, int64_t i0, int n,
                      int64_t *scores)
 {
-    const ebnn_layer *l0 = &m->layers[0];
-    const int in_pixels = l0->in_h * l0->in_w;
-    const int cwp = l0->in_w + 2 * l0->pad;
-    int li, r, y, xx, k, cur = 0;
-    /* centred, zero-padded first-layer input */
-    for (r = 0; r < n; r++) {
-        const uint8_t *img = x + (size_t)(i0 + r) * in_pixels * l0->in_c;
-        int32_t *c = s->centred + (size_t)r * s->centred_words;
-        if (l0->pad) memset(c, 0, (size_t)s->centred_words * sizeof *c);
-        for (y = 0; y < l0->in_h; y++)
-            for (xx = 0; xx < l0->in_w; xx++)
-                for (k = 0; k < l0->in_c; k++)
-                    c[((size_t)(y + l0->pad) * cwp + xx + l0->pad) * l0->in_c + k] =
-                        (int32_t)img[((size_t)y * l0->in_w + xx) * l0->in_c + k] - m->offset[k];
-    }
+    int li, r, cur = 0;
+    double t0 = s->prof ? now() : 0.0, t1;
+    centre_input(m, s, x, i0, n);
     for (li = 0; li < m->nlayers; li++) {
         const ebnn_layer *l = &m->layers[li];
         const int next_pad = li + 1 < m->nlayers ? m->layers[li + 1].pad : 0;
-        const int dst_words = (l->ho + 2 * next_pad) * (l->wo + 2 * next_pad) * OUT_WORDS(l->out_c);
+        const int dst_words = (l->ho + 2 * next_pad) * (l->wo + 2 * next_pad) *
+                              OUT_WORDS(l->out_c);
         uint32_t *dst = s->map[1 - cur];
+        if (s->prof) { /* time of the previous step: the input, or layer li - 1 */
+            t1 = now();
+            s->prof[li] += t1 - t0;
+            t0 = t1;
+        }
         if (l->output || is_dense(l)) {
-            const int ow = OUT_WORDS(l->out_c);
-            const int ntaps = 1;
-            s->tapoff[0] = 0;
-            if (l->first) {
-                const int c = l->in_h * l->in_w * l->in_c;
-                const int32_t *base[R];
-                for (r = 0; r < R; r++)
-                    base[r] = s->centred + (size_t)(r < n ? r : n - 1) * s->centred_words;
-                first_positions(l, base, s->tapoff, ntaps, c,
-                                l->output ? NULL : s->fires, ow, s->raw);
-            } else {
-                const int cw = l->in_h * l->in_w * l->in_cw;
-                const uint32_t *base[R];
-                const int32_t *limit[R];
-                for (r = 0; r < R; r++) {
-                    base[r] = s->map[cur] + (size_t)(r < n ? r : n - 1) * s->map_words;
-                    limit[r] = l->limit;
-                }
-                bin_positions(l, base, s->tapoff, ntaps, cw, limit,
-                              l->output ? NULL : s->fires, ow, s->raw);
-            }
-            if (l->output) {
-                put_scores(l, s->raw, scores + (size_t)i0 * l->out_c, n);
-                return;
-            }
-            for (r = 0; r < n; r++) {
-                uint32_t *d = dst + (size_t)r * s->map_words;
-                if (next_pad) memset(d, 0, (size_t)dst_words * sizeof *d);
-                put_pixel(d + ((size_t)next_pad * (1 + 2 * next_pad) + next_pad) * ow,
-                          s->fires + r * ow, l->flip, ow);
-            }
+            dense_tile(l, s, s->map[cur], dst, next_pad, n,
+                       scores + (size_t)i0 * m->classes);
         } else {
             for (r = 0; r < n; r++) {
                 uint32_t *d = dst + (size_t)r * s->map_words;
-                const void *src = l->first ? (const void *)(s->centred + (size_t)r * s->centred_words)
-                                           : (const void *)(s->map[cur] + (size_t)r * s->map_words);
+                const void *src = l->first
+                                      ? (const void *)(s->centred + (size_t)r * s->centred_words)
+                                      : (const void *)(s->map[cur] + (size_t)r * s->map_words);
                 if (next_pad) memset(d, 0, (size_t)dst_words * sizeof *d);
                 conv_image(l, s, src, d, next_pad);
             }
         }
         cur = 1 - cur;
     }
+    if (s->prof) s->prof[m->nlayers] += now() - t0;
 }
 
 static void *worker(void *arg)
@@ -312,6 +364,7 @@ static void *worker(void *arg)
         j->status = -1;
         return NULL;
     }
+    s.prof = j->prof;
     for (i = j->lo; i < j->hi; i += R) {
         const int n = j->hi - i < R ? (int)(j->hi - i) : R;
         run_tile(j->m, &s, j->x, i, n, j->scores);
@@ -340,6 +393,7 @@ int ebnn_fast_scores(const ebnn_model *m, const uint8_t *x, int64_t n, int64_t *
         jobs[t].scores = scores;
         jobs[t].lo = tiles * t / threads * R;
         jobs[t].hi = t + 1 == threads ? n : tiles * (t + 1) / threads * R;
+        jobs[t].prof = NULL;
         jobs[t].status = -1;
     }
     for (t = 1; t < threads; t++)
@@ -353,6 +407,24 @@ int ebnn_fast_scores(const ebnn_model *m, const uint8_t *x, int64_t n, int64_t *
     return jobs[0].status ? -1 : rc;
 }
 
+/* ebnn_fast_scores on one thread, adding the seconds spent in each step to
+ * seconds[0] (centring the input) and seconds[1 + i] (layer i). */
+int ebnn_fast_profile(const ebnn_model *m, const uint8_t *x, int64_t n, int64_t *scores,
+                      double *seconds)
+{
+    job j;
+    j.m = m;
+    j.x = x;
+    j.scores = scores;
+    j.lo = 0;
+    j.hi = n;
+    j.prof = seconds;
+    j.status = -1;
+    if (n <= 0) return 0;
+    worker(&j);
+    return j.status;
+}
+
 /* Binary GEMM for the kernel benchmark: out[i][o] = kbits - 2 popcount(a[i] ^ b[o]) with
  * a packed [m][kw] and b packed [kw][stride] (column o of word j at b[j * stride + o]),
  * n <= stride, stride a multiple of 16. Rows are split across threads. */
@@ -360,35 +432,43 @@ typedef struct {
     const uint32_t *a, *b;
     int32_t *out;
     int64_t lo, hi;
-    int n, kw, kbits, stride;
+    int n, kw, kbits, stride, status;
 } gemm_job;
 
 static void *gemm_worker(void *arg)
 {
+    enum { GROUP = 8 }; /* GROUP * R rows of a stay in cache over all of b */
     gemm_job *g = (gemm_job *)arg;
     const int nob = (g->n + LANES - 1) / LANES;
     const int32_t off0 = 0;
-    int64_t rb, i0;
-    int ob, r, l;
-    for (rb = g->lo; rb < g->hi; rb += 64) { /* 64 rows of a stay in cache over all of b */
-        const int64_t rend = rb + 64 < g->hi ? rb + 64 : g->hi;
-        for (ob = 0; ob < nob; ob++) {
-            for (i0 = rb; i0 < rend; i0 += R) {
-                const uint32_t *base[R];
+    uint32_t *patch = malloc((size_t)GROUP * R * g->kw * sizeof *patch);
+    int64_t g0, i0;
+    int ob, r, l, q, nq;
+    if (!patch) return NULL;
+    for (g0 = g->lo; g0 < g->hi; g0 += GROUP * R) {
+        nq = 0;
+        for (i0 = g0; i0 < g->hi && i0 < g0 + GROUP * R; i0 += R, nq++) {
+            const uint32_t *base[R];
+            for (r = 0; r < R; r++)
+                base[r] = g->a + (size_t)(i0 + r < g->hi ? i0 + r : g->hi - 1) * g->kw;
+            gather(patch + (size_t)nq * R * g->kw, base, &off0, 1, g->kw);
+        }
+        for (ob = 0; ob < nob; ob++)
+            for (q = 0; q < nq; q++) {
                 int32_t tmp[R * LANES];
                 vec acc[R];
-                for (r = 0; r < R; r++)
-                    base[r] = g->a + (size_t)(i0 + r < rend ? i0 + r : rend - 1) * g->kw;
-                bin_block(base, &off0, 1, g->kw, g->b, g->stride, ob, acc);
-                for (r = 0; r < R && i0 + r < rend; r++) {
+                i0 = g0 + (int64_t)q * R;
+                bin_block(patch + (size_t)q * R * g->kw, g->kw, g->b, g->stride, ob, acc);
+                for (r = 0; r < R && i0 + r < g->hi; r++) {
                     int32_t *o = g->out + (size_t)(i0 + r) * g->n + ob * LANES;
                     VSTORE(tmp + r * LANES, acc[r]);
                     for (l = 0; l < LANES && ob * LANES + l < g->n; l++)
                         o[l] = g->kbits - 2 * tmp[r * LANES + l];
                 }
             }
-        }
     }
+    free(patch);
+    g->status = 0;
     return NULL;
 }
 
@@ -403,13 +483,19 @@ int ebnn_fast_bgemm(const uint32_t *a, const uint32_t *b, int64_t m, int n, int 
     if (threads > 256) threads = 256;
     if (threads > m) threads = (int)m;
     for (t = 0; t < threads; t++) {
-        gemm_job g = {a, b, out, m * t / threads, m * (t + 1) / threads, n, kw, kbits, stride};
+        gemm_job g = {a, b, out, m * t / threads, m * (t + 1) / threads, n, kw, kbits, stride,
+                      -1};
         jobs[t] = g;
     }
     for (t = 1; t < threads; t++)
-        if (pthread_create(&tid[t], NULL, gemm_worker, &jobs[t]) != 0) return -1;
+        if (pthread_create(&tid[t], NULL, gemm_worker, &jobs[t]) != 0) jobs[t].status = -2;
     gemm_worker(&jobs[0]);
-    for (t = 1; t < threads; t++) pthread_join(tid[t], NULL);
+    for (t = 1; t < threads; t++) {
+        if (jobs[t].status != -2) pthread_join(tid[t], NULL);
+        else gemm_worker(&jobs[t]); /* no thread: do its share here */
+    }
+    for (t = 0; t < threads; t++)
+        if (jobs[t].status) return -1;
     return 0;
 }
 

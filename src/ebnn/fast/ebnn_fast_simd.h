@@ -6,16 +6,18 @@
  * Every kernel is vectorised over OUTPUT CHANNELS: one input word (or one centred input
  * value for the first layer) is broadcast to all lanes and met with LANES channels'
  * weights at once, so no horizontal sum is ever needed and a comparison of the lane
- * accumulators gives LANES output bits, already packed. R positions (pixels of one
- * output row, or images of a tile for dense layers) share every weight load.
+ * accumulators gives LANES output bits, already packed. R positions (pixels of one map,
+ * or images of a tile for dense layers) share every weight load; their input windows are
+ * gathered beforehand into one PATCH, interleaved [k][R], so the inner loop walks two
+ * pointers and every broadcast has a constant displacement.
  *
- *   bin_block(base, tapoff, ntaps, cw, w, stride, ob, acc):
- *       acc[r][lane] = sum over taps t, words j of popcount(base[r][tapoff[t] + j] ^ w[...])
- *   first_block(base, tapoff, ntaps, c, wm, stride, ob, acc):
- *       acc[r][lane] = sum over taps t, channels k of base[r][tapoff[t] + k] ^ wm[...]
+ *   bin_block(patch, k, w, stride, ob, acc):
+ *       acc[r][lane] = sum over j < k of popcount(patch[j][r] ^ w[j][ob * LANES + lane])
+ *   first_block(patch, k, w, stride, ob, acc):
+ *       acc[r][lane] = sum over j < k of (patch[j][r] ^ w[j][ob * LANES + lane])
  *
- * Weights are laid out [tap][word][stride] with stride = channels rounded up to 16, so one
- * packing serves every lane count.
+ * Weights are laid out [j][stride] (j runs over taps, then words or channels) with stride =
+ * output channels rounded up to 16, so one packing serves every lane count.
  */
 #ifndef EBNN_FAST_SIMD_H
 #define EBNN_FAST_SIMD_H
@@ -38,21 +40,16 @@ typedef __m512i vec;
 #define VLE_BITS(a, b) ((uint32_t)_mm512_cmple_epi32_mask((a), (b)))
 #define VGE_BITS(a, b) ((uint32_t)_mm512_cmpge_epi32_mask((a), (b)))
 
-static inline void bin_block(const uint32_t *const *base, const int32_t *tapoff, int ntaps,
-                             int cw, const uint32_t *w, int stride, int ob, vec *acc)
+static inline void bin_block(const uint32_t *patch, int k, const uint32_t *w, int stride,
+                             int ob, vec *acc)
 {
-    int r, t, j;
+    int r, j;
+    w += ob * LANES;
     for (r = 0; r < R; r++) acc[r] = VZERO();
-    for (t = 0; t < ntaps; t++) {
-        const uint32_t *wt = w + (size_t)t * cw * stride + ob * LANES;
-        const int32_t off = tapoff[t];
-        for (j = 0; j < cw; j++) {
-            const vec wv = VLOAD(wt + (size_t)j * stride);
-            for (r = 0; r < R; r++) {
-                const vec x = _mm512_xor_si512(VBCAST(base[r][off + j]), wv);
-                acc[r] = VADD(acc[r], _mm512_popcnt_epi32(x));
-            }
-        }
+    for (j = 0; j < k; j++, patch += R, w += stride) {
+        const vec wv = VLOAD(w);
+        for (r = 0; r < R; r++)
+            acc[r] = VADD(acc[r], _mm512_popcnt_epi32(_mm512_xor_si512(VBCAST(patch[r]), wv)));
     }
 }
 
@@ -75,8 +72,8 @@ typedef __m256i vec;
 /* Nibble-table popcount per byte (vpshufb); byte counts are summed for up to 31 words
  * (31 * 8 < 256) before they are widened to the 32-bit lanes, which saves the two widening
  * instructions on most words. */
-static inline void bin_block(const uint32_t *const *base, const int32_t *tapoff, int ntaps,
-                             int cw, const uint32_t *w, int stride, int ob, vec *acc)
+static inline void bin_block(const uint32_t *patch, int k, const uint32_t *w, int stride,
+                             int ob, vec *acc)
 {
     const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                            0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
@@ -84,31 +81,28 @@ static inline void bin_block(const uint32_t *const *base, const int32_t *tapoff,
     const __m256i ones8 = _mm256_set1_epi8(1);
     const __m256i ones16 = _mm256_set1_epi16(1);
     __m256i bytes[R];
-    int r, t, j, pending = 0;
+    int r, j, pending = 0;
+    w += ob * LANES;
     for (r = 0; r < R; r++) {
         acc[r] = VZERO();
         bytes[r] = VZERO();
     }
-    for (t = 0; t < ntaps; t++) {
-        const uint32_t *wt = w + (size_t)t * cw * stride + ob * LANES;
-        const int32_t off = tapoff[t];
-        for (j = 0; j < cw; j++) {
-            const vec wv = VLOAD(wt + (size_t)j * stride);
+    for (j = 0; j < k; j++, patch += R, w += stride) {
+        const vec wv = VLOAD(w);
+        for (r = 0; r < R; r++) {
+            const __m256i x = _mm256_xor_si256(VBCAST(patch[r]), wv);
+            const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(x, low));
+            const __m256i hi = _mm256_shuffle_epi8(
+                table, _mm256_and_si256(_mm256_srli_epi16(x, 4), low));
+            bytes[r] = _mm256_add_epi8(bytes[r], _mm256_add_epi8(lo, hi));
+        }
+        if (++pending == 31) {
             for (r = 0; r < R; r++) {
-                const __m256i x = _mm256_xor_si256(VBCAST(base[r][off + j]), wv);
-                const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(x, low));
-                const __m256i hi = _mm256_shuffle_epi8(
-                    table, _mm256_and_si256(_mm256_srli_epi16(x, 4), low));
-                bytes[r] = _mm256_add_epi8(bytes[r], _mm256_add_epi8(lo, hi));
+                acc[r] = VADD(acc[r], _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(bytes[r], ones8), ones16));
+                bytes[r] = VZERO();
             }
-            if (++pending == 31) {
-                for (r = 0; r < R; r++) {
-                    acc[r] = VADD(acc[r], _mm256_madd_epi16(
-                        _mm256_maddubs_epi16(bytes[r], ones8), ones16));
-                    bytes[r] = VZERO();
-                }
-                pending = 0;
-            }
+            pending = 0;
         }
     }
     for (r = 0; r < R; r++)
@@ -134,21 +128,18 @@ static inline uint32_t neon_bits(uint32x4_t m)
 #define VLE_BITS(a, b) neon_bits(vcleq_s32((a), (b)))
 #define VGE_BITS(a, b) neon_bits(vcgeq_s32((a), (b)))
 
-static inline void bin_block(const uint32_t *const *base, const int32_t *tapoff, int ntaps,
-                             int cw, const uint32_t *w, int stride, int ob, vec *acc)
+static inline void bin_block(const uint32_t *patch, int k, const uint32_t *w, int stride,
+                             int ob, vec *acc)
 {
-    int r, t, j;
+    int r, j;
+    w += ob * LANES;
     for (r = 0; r < R; r++) acc[r] = VZERO();
-    for (t = 0; t < ntaps; t++) {
-        const uint32_t *wt = w + (size_t)t * cw * stride + ob * LANES;
-        const int32_t off = tapoff[t];
-        for (j = 0; j < cw; j++) {
-            const uint32x4_t wv = vld1q_u32(wt + (size_t)j * stride);
-            for (r = 0; r < R; r++) {
-                const uint8x16_t x = vreinterpretq_u8_u32(veorq_u32(vdupq_n_u32(base[r][off + j]), wv));
-                const uint32x4_t c = vpaddlq_u16(vpaddlq_u8(vcntq_u8(x)));
-                acc[r] = vaddq_s32(acc[r], vreinterpretq_s32_u32(c));
-            }
+    for (j = 0; j < k; j++, patch += R, w += stride) {
+        const uint32x4_t wv = vld1q_u32(w);
+        for (r = 0; r < R; r++) {
+            const uint8x16_t x = vreinterpretq_u8_u32(veorq_u32(vdupq_n_u32(patch[r]), wv));
+            const uint32x4_t c = vpaddlq_u16(vpaddlq_u8(vcntq_u8(x)));
+            acc[r] = vaddq_s32(acc[r], vreinterpretq_s32_u32(c));
         }
     }
 }
@@ -216,39 +207,29 @@ static inline int32_t popcount32(uint32_t x)
     return (int32_t)((x * 0x01010101u) >> 24);
 }
 
-static inline void bin_block(const uint32_t *const *base, const int32_t *tapoff, int ntaps,
-                             int cw, const uint32_t *w, int stride, int ob, vec *acc)
+static inline void bin_block(const uint32_t *patch, int k, const uint32_t *w, int stride,
+                             int ob, vec *acc)
 {
-    int r, t, j, l;
+    int r, j, l;
+    w += ob * LANES;
     for (r = 0; r < R; r++) acc[r] = VZERO();
-    for (t = 0; t < ntaps; t++) {
-        const uint32_t *wt = w + (size_t)t * cw * stride + ob * LANES;
-        const int32_t off = tapoff[t];
-        for (j = 0; j < cw; j++) {
-            const uint32_t *wv = wt + (size_t)j * stride;
-            for (r = 0; r < R; r++) {
-                const uint32_t a = base[r][off + j];
-                for (l = 0; l < LANES; l++) acc[r].v[l] += popcount32(a ^ wv[l]);
-            }
-        }
-    }
+    for (j = 0; j < k; j++, patch += R, w += stride)
+        for (r = 0; r < R; r++)
+            for (l = 0; l < LANES; l++) acc[r].v[l] += popcount32(patch[r] ^ w[l]);
 }
 #endif
 
 /* The first layer: sum over taps and channels of (centred input ^ weight mask), where the
  * mask is all ones where the weight is -1; adding the count of -1 weights gives z. */
-static inline void first_block(const int32_t *const *base, const int32_t *tapoff, int ntaps,
-                               int c, const int32_t *wm, int stride, int ob, vec *acc)
+static inline void first_block(const int32_t *patch, int k, const int32_t *w, int stride,
+                               int ob, vec *acc)
 {
-    int r, t, k;
+    int r, j;
+    w += ob * LANES;
     for (r = 0; r < R; r++) acc[r] = VZERO();
-    for (t = 0; t < ntaps; t++) {
-        const int32_t *wt = wm + (size_t)t * c * stride + ob * LANES;
-        const int32_t off = tapoff[t];
-        for (k = 0; k < c; k++) {
-            const vec wv = VLOAD(wt + (size_t)k * stride);
-            for (r = 0; r < R; r++) acc[r] = VADD(acc[r], VXOR(VBCAST(base[r][off + k]), wv));
-        }
+    for (j = 0; j < k; j++, patch += R, w += stride) {
+        const vec wv = VLOAD(w);
+        for (r = 0; r < R; r++) acc[r] = VADD(acc[r], VXOR(VBCAST(patch[r]), wv));
     }
 }
 
