@@ -27,6 +27,7 @@ ORDER = {
                    "--regularised", "1.5=build/bench/mnist-mcu-reg1.5.pt",
                    "--regularised", "3=build/bench/mnist-mcu-reg3.pt"],
     "search": ["bench_search.py"],
+    "fast": ["bench_fast.py", "--write"],  # reads build/bench/mnist-mcu.pt if present
 }
 
 

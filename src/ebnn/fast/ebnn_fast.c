@@ -31,6 +31,7 @@ typedef struct {
     int32_t out_c, stride;           /* channels; stride: channels rounded up to 16 */
     int32_t ncx;                     /* column border classes */
     int32_t fan;                     /* output layer, binary input: KH * KW * C */
+    int32_t q;                       /* binary input: taps concatenated per patch word */
     const uint32_t *wbits;           /* binary input: [tap][in_cw][stride] */
     const int32_t *wmask;            /* first layer: [tap][in_c][stride], -1 where -1 */
     const int32_t *limit;            /* binary: [row class][col class][stride] */
@@ -96,8 +97,9 @@ static int scratch_init(scratch *s, const ebnn_model *m)
         const ebnn_layer *l = &m->layers[i];
         const int ow = OUT_WORDS(l->out_c);
         if (!l->first && padded_words(l) > maxmap) maxmap = padded_words(l);
-        if ((l->ho * l->pool * l->wo * l->pool + R) * ow > maxrow)
-            maxrow = (l->ho * l->pool * l->wo * l->pool + R) * ow;
+        /* slack: R positions of a tail block, or a vector of LANES positions */
+        if ((l->ho * l->pool * l->wo * l->pool + R + LANES) * ow > maxrow)
+            maxrow = (l->ho * l->pool * l->wo * l->pool + R + LANES) * ow;
         if (R * ow > maxrow) maxrow = R * ow;
         if (l->kh * l->kw > maxtaps) maxtaps = l->kh * l->kw;
         if (l->stride > maxstride) maxstride = l->stride;
@@ -105,7 +107,8 @@ static int scratch_init(scratch *s, const ebnn_model *m)
             maxk = l->kh * l->kw * (l->first ? l->in_c : l->in_cw);
     }
     s->map_words = maxmap;
-    s->centred_words = (l0->in_h + 2 * l0->pad) * (l0->in_w + 2 * l0->pad) * l0->in_c;
+    /* + LANES: first_rows_c1 reads whole vectors past a row's end */
+    s->centred_words = (l0->in_h + 2 * l0->pad) * (l0->in_w + 2 * l0->pad) * l0->in_c + LANES;
     s->map[0] = calloc((size_t)R * maxmap, sizeof(uint32_t));
     s->map[1] = calloc((size_t)R * maxmap, sizeof(uint32_t));
     s->centred = calloc((size_t)R * s->centred_words, sizeof(int32_t));
@@ -128,14 +131,34 @@ static void scratch_free(scratch *s)
 }
 
 /* Gather R windows into the interleaved patch: patch[(t * unit + j) * R + r] =
- * base[r][tapoff[t] + j]. */
-static void gather(uint32_t *patch, const uint32_t *const *base, const int32_t *tapoff,
-                   int ntaps, int unit)
+ * base[r][tapoff[t] + j]. With q > 1 (a one-word pixel of 32 / q channels), q taps share
+ * one patch word, tap t + i shifted left by i * 32 / q bits: the channel bits of a window
+ * are concatenated, so a 3x3 window of 8 channels is 3 words, not 9. Returns the words
+ * per position. */
+static int gather(uint32_t *patch, const uint32_t *const *base, const int32_t *tapoff,
+                  int ntaps, int unit, int q)
 {
-    int r, t, j;
+    int r, t, j, i;
+    if (q > 1) {
+        const int bits = 32 / q;
+        for (t = 0; t < ntaps; t += q, patch += R)
+            for (r = 0; r < R; r++) {
+                uint32_t word = 0;
+                for (i = 0; i < q && t + i < ntaps; i++)
+                    word |= base[r][tapoff[t + i]] << (i * bits);
+                patch[r] = word;
+            }
+        return (ntaps + q - 1) / q;
+    }
+    if (unit == 1) {
+        for (t = 0; t < ntaps; t++, patch += R)
+            for (r = 0; r < R; r++) patch[r] = base[r][tapoff[t]];
+        return ntaps;
+    }
     for (t = 0; t < ntaps; t++)
         for (j = 0; j < unit; j++, patch += R)
             for (r = 0; r < R; r++) patch[r] = base[r][tapoff[t] + j];
+    return ntaps * unit;
 }
 
 /* R positions -> fire bits out[r * ow + word] (before flip), or raw lane sums. */
@@ -201,34 +224,47 @@ static void conv_image(const ebnn_layer *l, scratch *s, const void *src, uint32_
     const int ntaps = l->kh * l->kw;
     const int hu = l->ho * l->pool, wu = l->wo * l->pool, npos = hu * wu;
     const int dwp = l->wo + 2 * next_pad;
-    int p0, r, ky, kx, yo, xo, py, px, k;
+    int p0, r, ky, kx, yo, xo, py, px, k, y = 0, x = 0;
+    if (l->first && l->in_c == 1 && l->out_c <= 32) {
+        first_rows_c1((const int32_t *)src, wp, hu, wu, l->kh, l->kw, l->wmask, l->thresh,
+                      l->stride, l->out_c, s->fires);
+        goto pool;
+    }
     for (ky = 0; ky < l->kh; ky++)
         for (kx = 0; kx < l->kw; kx++) s->tapoff[ky * l->kw + kx] = (ky * wp + kx) * unit;
     for (p0 = 0; p0 < npos; p0 += R) {
-        int ys[R], xs[R];
-        for (r = 0; r < R; r++) {
-            const int p = p0 + r < npos ? p0 + r : npos - 1;
-            ys[r] = p / wu;
-            xs[r] = p % wu;
-        }
         /* int32 centred values travel through the patch as their bit patterns */
         const uint32_t *base[R];
-        for (r = 0; r < R; r++)
-            base[r] = (const uint32_t *)src + ((size_t)ys[r] * wp + xs[r]) * unit;
-        gather(s->patch, base, s->tapoff, ntaps, unit);
-        if (l->first) {
-            first_positions(l, (const int32_t *)s->patch, ntaps * unit,
-                            s->fires + (size_t)p0 * ow, ow, NULL);
-        } else {
-            const int32_t *limit[R];
-            for (r = 0; r < R; r++)
-                limit[r] = l->limit + ((size_t)l->rowclass[ys[r]] * l->ncx +
-                                       l->colclass[xs[r]]) * l->stride;
-            bin_positions(l, s->patch, ntaps * unit, limit, s->fires + (size_t)p0 * ow, ow,
-                          NULL);
+        const int32_t *limit[R];
+        int kwords;
+        for (r = 0; r < R; r++) { /* positions in raster order; the tail repeats the last */
+            base[r] = (const uint32_t *)src + ((size_t)y * wp + x) * unit;
+            if (!l->first)
+                limit[r] = l->limit + ((size_t)l->rowclass[y] * l->ncx + l->colclass[x]) *
+                                          l->stride;
+            if (p0 + r + 1 < npos && ++x == wu) {
+                x = 0;
+                y++;
+            }
         }
+        kwords = gather(s->patch, base, s->tapoff, ntaps, unit, l->first ? 1 : l->q);
+        if (l->first)
+            first_positions(l, (const int32_t *)s->patch, kwords, s->fires + (size_t)p0 * ow,
+                            ow, NULL);
+        else
+            bin_positions(l, s->patch, kwords, limit, s->fires + (size_t)p0 * ow, ow, NULL);
     }
+pool:
     /* max-pool = OR of fire bits over the window, then XOR flip (FORMAT.md section 6) */
+    if (l->pool == 2 && ow == 1) { /* the common case, unrolled */
+        for (yo = 0; yo < l->ho; yo++) {
+            const uint32_t *f0 = s->fires + (size_t)(2 * yo) * wu, *f1 = f0 + wu;
+            uint32_t *d = dst + (size_t)(yo + next_pad) * dwp + next_pad;
+            for (xo = 0; xo < l->wo; xo++)
+                d[xo] = (f0[2 * xo] | f0[2 * xo + 1] | f1[2 * xo] | f1[2 * xo + 1]) ^ l->flip[0];
+        }
+        return;
+    }
     for (yo = 0; yo < l->ho; yo++)
         for (xo = 0; xo < l->wo; xo++) {
             uint32_t *d = dst + ((size_t)(yo + next_pad) * dwp + xo + next_pad) * ow;
@@ -287,16 +323,21 @@ static void dense_tile(const ebnn_layer *l, scratch *s, const uint32_t *src, uin
 {
     const int ow = OUT_WORDS(l->out_c);
     const int dst_words = (1 + 2 * next_pad) * (1 + 2 * next_pad) * ow;
-    const int k = l->in_h * l->in_w * (l->first ? l->in_c : l->in_cw);
+    const int pixels = l->in_h * l->in_w;
     const uint32_t *base[R];
-    int r;
-    s->tapoff[0] = 0;
+    int r, t, k;
     for (r = 0; r < R; r++) {
         const int i = r < n ? r : n - 1;
         base[r] = l->first ? (const uint32_t *)(s->centred + (size_t)i * s->centred_words)
                            : src + (size_t)i * s->map_words;
     }
-    gather(s->patch, base, s->tapoff, 1, k);
+    if (!l->first && l->q > 1) { /* one word per pixel: concatenate pixels' bits */
+        for (t = 0; t < pixels; t++) s->tapoff[t] = t;
+        k = gather(s->patch, base, s->tapoff, pixels, 1, l->q);
+    } else {
+        s->tapoff[0] = 0;
+        k = gather(s->patch, base, s->tapoff, 1, pixels * (l->first ? l->in_c : l->in_cw), 1);
+    }
     if (l->first) {
         first_positions(l, (const int32_t *)s->patch, k, l->output ? NULL : s->fires, ow,
                         s->raw);
@@ -451,7 +492,7 @@ static void *gemm_worker(void *arg)
             const uint32_t *base[R];
             for (r = 0; r < R; r++)
                 base[r] = g->a + (size_t)(i0 + r < g->hi ? i0 + r : g->hi - 1) * g->kw;
-            gather(patch + (size_t)nq * R * g->kw, base, &off0, 1, g->kw);
+            gather(patch + (size_t)nq * R * g->kw, base, &off0, 1, g->kw, 1);
         }
         for (ob = 0; ob < nob; ob++)
             for (q = 0; q < nq; q++) {

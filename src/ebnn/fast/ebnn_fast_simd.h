@@ -39,6 +39,9 @@ typedef __m512i vec;
 /* bits of lanes with a <= b (resp. a >= b), lane 0 in bit 0 */
 #define VLE_BITS(a, b) ((uint32_t)_mm512_cmple_epi32_mask((a), (b)))
 #define VGE_BITS(a, b) ((uint32_t)_mm512_cmpge_epi32_mask((a), (b)))
+/* res | (bit where a >= t) */
+#define VOR_GE(res, a, t, bit) \
+    _mm512_mask_or_epi32((res), _mm512_cmpge_epi32_mask((a), (t)), (res), (bit))
 
 static inline void bin_block(const uint32_t *patch, int k, const uint32_t *w, int stride,
                              int ob, vec *acc)
@@ -68,6 +71,8 @@ typedef __m256i vec;
     ((uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps( \
         _mm256_xor_si256(_mm256_cmpgt_epi32((a), (b)), _mm256_set1_epi32(-1)))))
 #define VGE_BITS(a, b) VLE_BITS((b), (a))
+#define VOR_GE(res, a, t, bit) \
+    _mm256_or_si256((res), _mm256_andnot_si256(_mm256_cmpgt_epi32((t), (a)), (bit)))
 
 /* Nibble-table popcount per byte (vpshufb); byte counts are summed for up to 31 words
  * (31 * 8 < 256) before they are widened to the 32-bit lanes, which saves the two widening
@@ -127,6 +132,8 @@ static inline uint32_t neon_bits(uint32x4_t m)
 }
 #define VLE_BITS(a, b) neon_bits(vcleq_s32((a), (b)))
 #define VGE_BITS(a, b) neon_bits(vcgeq_s32((a), (b)))
+#define VOR_GE(res, a, t, bit) \
+    vorrq_s32((res), vandq_s32(vreinterpretq_s32_u32(vcgeq_s32((a), (t))), (bit)))
 
 static inline void bin_block(const uint32_t *patch, int k, const uint32_t *w, int stride,
                              int ob, vec *acc)
@@ -189,6 +196,13 @@ static inline uint32_t v_le_bits(vec a, vec b)
     for (l = 0; l < LANES; l++) bits |= (uint32_t)(a.v[l] <= b.v[l]) << l;
     return bits;
 }
+static inline vec v_or_ge(vec res, vec a, vec t, vec bit)
+{
+    int l;
+    for (l = 0; l < LANES; l++) res.v[l] |= a.v[l] >= t.v[l] ? bit.v[l] : 0;
+    return res;
+}
+#define VOR_GE(res, a, t, bit) v_or_ge((res), (a), (t), (bit))
 #define VZERO() v_zero()
 #define VLOAD(p) v_load(p)
 #define VSTORE(p, a) memcpy((p), (a).v, sizeof (a).v)
@@ -231,6 +245,35 @@ static inline void first_block(const int32_t *patch, int k, const int32_t *w, in
         const vec wv = VLOAD(w);
         for (r = 0; r < R; r++) acc[r] = VADD(acc[r], VXOR(VBCAST(patch[r]), wv));
     }
+}
+
+/* The first layer when it reads ONE input channel and has at most 32 outputs: lanes are
+ * LANES consecutive positions of a row (contiguous loads, no gather, no idle lanes), eight
+ * channels at a time; each channel's comparison sets its bit in the positions' words.
+ * Stores LANES words from fires[y * wu + x0], so the caller leaves LANES words of slack
+ * (positions past the row's end are rewritten by the next row). */
+static inline void first_rows_c1(const int32_t *src, int wp, int hu, int wu, int kh, int kw,
+                                 const int32_t *wm, const int32_t *thresh, int stride,
+                                 int out_c, uint32_t *fires)
+{
+    int y, x0, g, i, ky, kx;
+    for (y = 0; y < hu; y++)
+        for (x0 = 0; x0 < wu; x0 += LANES) {
+            vec res = VZERO();
+            for (g = 0; g < out_c; g += 8) {
+                vec acc[8];
+                for (i = 0; i < 8; i++) acc[i] = VZERO();
+                for (ky = 0; ky < kh; ky++)
+                    for (kx = 0; kx < kw; kx++) {
+                        const vec v = VLOAD(src + (size_t)(y + ky) * wp + x0 + kx);
+                        const int32_t *m = wm + (size_t)(ky * kw + kx) * stride + g;
+                        for (i = 0; i < 8; i++) acc[i] = VADD(acc[i], VXOR(v, VBCAST(m[i])));
+                    }
+                for (i = 0; i < 8 && g + i < out_c; i++)
+                    res = VOR_GE(res, acc[i], VBCAST(thresh[g + i]), VBCAST(1u << (g + i)));
+            }
+            VSTORE(fires + (size_t)y * wu + x0, res);
+        }
 }
 
 #endif

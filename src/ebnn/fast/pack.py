@@ -36,7 +36,7 @@ class _Layer(ctypes.Structure):
 
     _fields_ = [(name, ctypes.c_int32) for name in (
         "first", "output", "in_h", "in_w", "in_c", "in_cw", "pad", "kh", "kw", "pool",
-        "hc", "wc", "ho", "wo", "out_c", "stride", "ncx", "fan")] + [
+        "hc", "wc", "ho", "wo", "out_c", "stride", "ncx", "fan", "q")] + [
         (name, ctypes.c_void_p) for name in (
             "wbits", "wmask", "limit", "rowclass", "colclass", "thresh", "flip", "scale",
             "bias")]
@@ -95,6 +95,24 @@ def _limits(layer: IntLayer, stride: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return limit, rows, cols, len(cranges)
 
 
+def taps_per_word(channels: int) -> int:
+    """Taps whose channel bits share one 32-bit patch word: 32 / C where C divides 32."""
+    return 32 // channels if channels < 32 and 32 % channels == 0 else 1
+
+
+def _pack_taps(weights: np.ndarray, q: int) -> np.ndarray:
+    """bool (O, KH, KW, C) → uint32 (O, words): per tap ceil(C/32) words, or with q > 1
+    the bits of q consecutive taps concatenated into one word (as ebnn_fast.c gathers)."""
+    o = weights.shape[0]
+    taps = weights.reshape(o, -1, weights.shape[3])
+    if q == 1:
+        return pack(taps, 32).reshape(o, -1)
+    groups = -(-taps.shape[1] // q)
+    padded = np.zeros((o, groups * q, taps.shape[2]), bool)
+    padded[:, :taps.shape[1]] = taps
+    return pack(padded.reshape(o, groups, -1), 32).reshape(o, -1)
+
+
 def _channels_last(a: np.ndarray, stride: int) -> np.ndarray:
     """(O, ...) → (..., stride) with zero padding channels."""
     moved = np.moveaxis(a, 0, -1)
@@ -151,8 +169,8 @@ def pack_model(model: IntegerModel) -> PackedModel:
                                          .reshape(o, kh * kw, c), stride))
             negatives = (~layer.weights).reshape(o, -1).sum(axis=1, dtype=np.int64)
         else:
-            s.wbits = ptr(_channels_last(pack(layer.weights, 32).reshape(o, kh * kw, -1),
-                                         stride))
+            s.q = taps_per_word(c)
+            s.wbits = ptr(_channels_last(_pack_taps(layer.weights, s.q), stride))
         if output:
             s.scale = ptr(layer.scale.astype(np.int64))
             s.bias = ptr(layer.bias.astype(np.int64))
