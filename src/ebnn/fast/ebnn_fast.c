@@ -138,17 +138,26 @@ static void scratch_free(scratch *s)
 static int gather(uint32_t *patch, const uint32_t *const *base, const int32_t *tapoff,
                   int ntaps, int unit, int q)
 {
-    int r, t, j, i;
+    int r, t, j;
     if (q > 1) {
-        const int bits = 32 / q;
-        for (t = 0; t < ntaps; t += q, patch += R)
-            for (r = 0; r < R; r++) {
-                uint32_t word = 0;
-                for (i = 0; i < q && t + i < ntaps; i++)
-                    word |= base[r][tapoff[t + i]] << (i * bits);
-                patch[r] = word;
+        const int bits = 32 / q, words = (ntaps + q - 1) / q;
+        for (r = 0; r < R; r++) {
+            const uint32_t *b = base[r];
+            uint32_t *p = patch + r, word = 0;
+            int shift = 0;
+            for (t = 0; t < ntaps; t++) {
+                word |= b[tapoff[t]] << shift;
+                shift += bits;
+                if (shift == 32) {
+                    *p = word;
+                    p += R;
+                    word = 0;
+                    shift = 0;
+                }
             }
-        return (ntaps + q - 1) / q;
+            if (shift) *p = word;
+        }
+        return words;
     }
     if (unit == 1) {
         for (t = 0; t < ntaps; t++, patch += R)
