@@ -77,6 +77,7 @@ typedef struct {
     int32_t *raw;       /* R x stride raw accumulators of the output layer */
     int32_t *tapoff;    /* ntaps */
     uint32_t *patch;    /* R gathered input windows, interleaved [k][R] */
+    uint32_t *rows;     /* a narrow map's kernel-row words (see conv_image) */
     int map_words, centred_words;
     double *prof;       /* NULL, or seconds spent: [0] input, [1 + i] layer i */
 } scratch;
@@ -90,7 +91,7 @@ static double now(void)
 
 static int scratch_init(scratch *s, const ebnn_model *m)
 {
-    int i, maxmap = 1, maxrow = 1, maxtaps = 1, maxstride = 16, maxk = 1;
+    int i, maxmap = 1, maxrow = 1, maxtaps = 1, maxstride = 16, maxk = 1, maxrows = 1;
     const ebnn_layer *l0 = &m->layers[0];
     memset(s, 0, sizeof *s);
     for (i = 0; i < m->nlayers; i++) {
@@ -105,6 +106,11 @@ static int scratch_init(scratch *s, const ebnn_model *m)
         if (l->stride > maxstride) maxstride = l->stride;
         if (l->kh * l->kw * (l->first ? l->in_c : l->in_cw) > maxk)
             maxk = l->kh * l->kw * (l->first ? l->in_c : l->in_cw);
+        if (!l->first && l->q > 1 && !is_dense(l)) {
+            const int words = (l->ho * l->pool + l->kh - 1) * l->wo * l->pool *
+                              ((l->kw + l->q - 1) / l->q);
+            if (words > maxrows) maxrows = words;
+        }
     }
     s->map_words = maxmap;
     /* + LANES: first_rows_c1 reads whole vectors past a row's end */
@@ -116,7 +122,9 @@ static int scratch_init(scratch *s, const ebnn_model *m)
     s->raw = calloc((size_t)R * maxstride, sizeof(int32_t));
     s->tapoff = calloc((size_t)maxtaps, sizeof(int32_t));
     s->patch = calloc((size_t)R * maxk, sizeof(uint32_t));
-    return s->map[0] && s->map[1] && s->centred && s->fires && s->raw && s->tapoff && s->patch;
+    s->rows = calloc((size_t)maxrows, sizeof(uint32_t));
+    return s->map[0] && s->map[1] && s->centred && s->fires && s->raw && s->tapoff &&
+           s->patch && s->rows;
 }
 
 static void scratch_free(scratch *s)
@@ -128,13 +136,14 @@ static void scratch_free(scratch *s)
     free(s->raw);
     free(s->tapoff);
     free(s->patch);
+    free(s->rows);
 }
 
 /* Gather R windows into the interleaved patch: patch[(t * unit + j) * R + r] =
- * base[r][tapoff[t] + j]. With q > 1 (a one-word pixel of 32 / q channels), q taps share
- * one patch word, tap t + i shifted left by i * 32 / q bits: the channel bits of a window
- * are concatenated, so a 3x3 window of 8 channels is 3 words, not 9. Returns the words
- * per position. */
+ * base[r][tapoff[t] + j]. With q > 1 (a one-word pixel of 32 / q channels; dense layers),
+ * q taps share one patch word, tap t + i shifted left by i * 32 / q bits: the channel bits
+ * of a window are concatenated, so 25 pixels of 8 channels are 7 words, not 25. Returns
+ * the words per position. */
 static int gather(uint32_t *patch, const uint32_t *const *base, const int32_t *tapoff,
                   int ntaps, int unit, int q)
 {
@@ -239,15 +248,40 @@ static void conv_image(const ebnn_layer *l, scratch *s, const void *src, uint32_
                       l->stride, l->out_c, s->fires);
         goto pool;
     }
-    for (ky = 0; ky < l->kh; ky++)
-        for (kx = 0; kx < l->kw; kx++) s->tapoff[ky * l->kw + kx] = (ky * wp + kx) * unit;
+    const uint32_t *in = (const uint32_t *)src;
+    int inwp = wp, inunit = unit, taps = ntaps;
+    if (!l->first && l->q > 1) {
+        /* Narrow map (32 / q channels): concatenate the bits of each kernel row's taps once
+         * per image, q taps to a word, so a position's window is kh * groups plain words. */
+        const int groups = (l->kw + l->q - 1) / l->q, bits = 32 / l->q;
+        int yy, xx, g, i;
+        for (yy = 0; yy < hu + l->kh - 1; yy++)
+            for (xx = 0; xx < wu; xx++) {
+                const uint32_t *p = in + (size_t)yy * wp + xx;
+                uint32_t *o = s->rows + ((size_t)yy * wu + xx) * groups;
+                for (g = 0; g < groups; g++) {
+                    uint32_t word = 0;
+                    for (i = 0; i < l->q && g * l->q + i < l->kw; i++)
+                        word |= p[g * l->q + i] << (i * bits);
+                    o[g] = word;
+                }
+            }
+        in = s->rows;
+        inwp = wu;
+        inunit = groups;
+        taps = l->kh;
+        for (ky = 0; ky < l->kh; ky++) s->tapoff[ky] = ky * wu * groups;
+    } else {
+        for (ky = 0; ky < l->kh; ky++)
+            for (kx = 0; kx < l->kw; kx++) s->tapoff[ky * l->kw + kx] = (ky * wp + kx) * unit;
+    }
     for (p0 = 0; p0 < npos; p0 += R) {
         /* int32 centred values travel through the patch as their bit patterns */
         const uint32_t *base[R];
         const int32_t *limit[R];
         int kwords;
         for (r = 0; r < R; r++) { /* positions in raster order; the tail repeats the last */
-            base[r] = (const uint32_t *)src + ((size_t)y * wp + x) * unit;
+            base[r] = in + ((size_t)y * inwp + x) * inunit;
             if (!l->first)
                 limit[r] = l->limit + ((size_t)l->rowclass[y] * l->ncx + l->colclass[x]) *
                                           l->stride;
@@ -256,7 +290,7 @@ static void conv_image(const ebnn_layer *l, scratch *s, const void *src, uint32_
                 y++;
             }
         }
-        kwords = gather(s->patch, base, s->tapoff, ntaps, unit, l->first ? 1 : l->q);
+        kwords = gather(s->patch, base, s->tapoff, taps, inunit, 1);
         if (l->first)
             first_positions(l, (const int32_t *)s->patch, kwords, s->fires + (size_t)p0 * ow,
                             ow, NULL);

@@ -113,6 +113,16 @@ def _pack_taps(weights: np.ndarray, q: int) -> np.ndarray:
     return pack(padded.reshape(o, groups, -1), 32).reshape(o, -1)
 
 
+def _pack_rows(weights: np.ndarray, q: int) -> np.ndarray:
+    """bool (O, KH, KW, C) → uint32 (O, KH * groups): a conv over a narrow map (q > 1)
+    concatenates the bits of q consecutive taps of one kernel row per word."""
+    o, kh, kw, c = weights.shape
+    groups = -(-kw // q)
+    padded = np.zeros((o, kh, groups * q, c), bool)
+    padded[:, :, :kw] = weights
+    return pack(padded.reshape(o, kh, groups, q * c), 32).reshape(o, -1)
+
+
 def _channels_last(a: np.ndarray, stride: int) -> np.ndarray:
     """(O, ...) → (..., stride) with zero padding channels."""
     moved = np.moveaxis(a, 0, -1)
@@ -170,7 +180,10 @@ def pack_model(model: IntegerModel) -> PackedModel:
             negatives = (~layer.weights).reshape(o, -1).sum(axis=1, dtype=np.int64)
         else:
             s.q = taps_per_word(c)
-            s.wbits = ptr(_channels_last(_pack_taps(layer.weights, s.q), stride))
+            dense = (hc, wc) == (1, 1) and not layer.padding and layer.pool == 1
+            packed = (_pack_taps(layer.weights, s.q) if dense or s.q == 1
+                      else _pack_rows(layer.weights, s.q))
+            s.wbits = ptr(_channels_last(packed, stride))
         if output:
             s.scale = ptr(layer.scale.astype(np.int64))
             s.bias = ptr(layer.bias.astype(np.int64))
