@@ -337,22 +337,29 @@ static void put_scores(const ebnn_layer *l, const int32_t *raw, int64_t *scores,
 /* The centred, zero-padded first-layer input of images [i0, i0 + n). */
 static void centre_input(const ebnn_model *m, scratch *s, const uint8_t *x, int64_t i0, int n)
 {
+    /* locals, not l0->..., in the loops: int32 stores could alias the int32 fields */
     const ebnn_layer *l0 = &m->layers[0];
-    const int cwp = l0->in_w + 2 * l0->pad, c = l0->in_c;
-    const size_t image = (size_t)l0->in_h * l0->in_w * c;
+    const int h = l0->in_h, w = l0->in_w, c = l0->in_c, pad = l0->pad, cwp = w + 2 * pad;
+    const int words = s->centred_words;
+    const size_t image = (size_t)h * w * c;
+    int32_t offset[64];
     int r, y, xx, k;
+    for (k = 0; k < c && k < 64; k++) offset[k] = m->offset[k];
     for (r = 0; r < n; r++) {
         const uint8_t *img = x + (size_t)(i0 + r) * image;
-        int32_t *out = s->centred + (size_t)r * s->centred_words;
-        if (l0->pad) memset(out, 0, (size_t)s->centred_words * sizeof *out);
-        for (y = 0; y < l0->in_h; y++) {
-            int32_t *row = out + ((size_t)(y + l0->pad) * cwp + l0->pad) * c;
-            const uint8_t *in = img + (size_t)y * l0->in_w * c;
+        int32_t *out = s->centred + (size_t)r * words;
+        if (pad) memset(out, 0, (size_t)words * sizeof *out);
+        for (y = 0; y < h; y++) {
+            int32_t *restrict row = out + ((size_t)(y + pad) * cwp + pad) * c;
+            const uint8_t *restrict in = img + (size_t)y * w * c;
             if (c == 1) { /* the common grey-scale case, vectorised by the compiler */
-                const int32_t off = m->offset[0];
-                for (xx = 0; xx < l0->in_w; xx++) row[xx] = (int32_t)in[xx] - off;
+                const int32_t off = offset[0];
+                for (xx = 0; xx < w; xx++) row[xx] = (int32_t)in[xx] - off;
+            } else if (c <= 64) {
+                for (xx = 0; xx < w; xx++)
+                    for (k = 0; k < c; k++) row[xx * c + k] = (int32_t)in[xx * c + k] - offset[k];
             } else {
-                for (xx = 0; xx < l0->in_w; xx++)
+                for (xx = 0; xx < w; xx++)
                     for (k = 0; k < c; k++)
                         row[xx * c + k] = (int32_t)in[xx * c + k] - m->offset[k];
             }
