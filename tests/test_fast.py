@@ -51,6 +51,7 @@ SHAPES = {
     "conv_k2_same": ([1, 7, 6], 3, [conv(6, kernel=2, padding=1, pool=2), conv(8, kernel=1)]),
     "wide_dense": ([1, 4, 4], 10, [conv(40, padding=1), {"type": "dense", "units": 100}]),
     "grey_27_filters": ([1, 12, 11], 4, [conv(27, padding=1, pool=2), conv(16)]),
+    "wide_rows": ([1, 5, 70], 3, [conv(12, padding=1, pool=2), conv(20, kernel=2)]),
     # 8, 16, 2 and 1 channels: several taps share one 32-bit patch word
     "concat_taps": ([1, 10, 9], 3, [conv(8, padding=1, pool=2), conv(16, padding=1),
                                     conv(2, kernel=2), conv(1, kernel=3, padding=1),

@@ -73,6 +73,8 @@ typedef struct {
 typedef struct {
     uint32_t *map[2];   /* ping-pong binary maps, R images each */
     int32_t *centred;   /* first layer input, R images */
+    int16_t *centred16; /* the same as int16, when first_rows_c1_16 reads it */
+    int use16;
     uint32_t *fires;    /* fire bits of one conv map (+ R slack positions) */
     int32_t *raw;       /* R x stride raw accumulators of the output layer */
     int32_t *tapoff;    /* ntaps */
@@ -98,9 +100,9 @@ static int scratch_init(scratch *s, const ebnn_model *m)
         const ebnn_layer *l = &m->layers[i];
         const int ow = OUT_WORDS(l->out_c);
         if (!l->first && padded_words(l) > maxmap) maxmap = padded_words(l);
-        /* slack: R positions of a tail block, or a vector of LANES positions */
-        if ((l->ho * l->pool * l->wo * l->pool + R + LANES) * ow > maxrow)
-            maxrow = (l->ho * l->pool * l->wo * l->pool + R + LANES) * ow;
+        /* slack: R positions of a tail block, or two vectors of LANES positions */
+        if ((l->ho * l->pool * l->wo * l->pool + R + 2 * LANES) * ow > maxrow)
+            maxrow = (l->ho * l->pool * l->wo * l->pool + R + 2 * LANES) * ow;
         if (R * ow > maxrow) maxrow = R * ow;
         if (l->kh * l->kw > maxtaps) maxtaps = l->kh * l->kw;
         if (l->stride > maxstride) maxstride = l->stride;
@@ -113,17 +115,23 @@ static int scratch_init(scratch *s, const ebnn_model *m)
         }
     }
     s->map_words = maxmap;
-    /* + LANES: first_rows_c1 reads whole vectors past a row's end */
-    s->centred_words = (l0->in_h + 2 * l0->pad) * (l0->in_w + 2 * l0->pad) * l0->in_c + LANES;
+    /* + 2 LANES: first_rows_c1(_16) read whole vectors past a row's end */
+    s->centred_words = (l0->in_h + 2 * l0->pad) * (l0->in_w + 2 * l0->pad) * l0->in_c +
+                       2 * LANES;
+#ifdef HAVE_ROWS16
+    s->use16 = l0->in_c == 1 && l0->out_c <= 32 && l0->kh * l0->kw <= ROWS16_MAX_TAPS &&
+               !is_dense(l0) && !l0->output;
+#endif
     s->map[0] = calloc((size_t)R * maxmap, sizeof(uint32_t));
     s->map[1] = calloc((size_t)R * maxmap, sizeof(uint32_t));
     s->centred = calloc((size_t)R * s->centred_words, sizeof(int32_t));
+    s->centred16 = calloc((size_t)R * s->centred_words, sizeof(int16_t));
     s->fires = calloc((size_t)maxrow, sizeof(uint32_t));
     s->raw = calloc((size_t)R * maxstride, sizeof(int32_t));
     s->tapoff = calloc((size_t)maxtaps, sizeof(int32_t));
     s->patch = calloc((size_t)R * maxk, sizeof(uint32_t));
     s->rows = calloc((size_t)maxrows, sizeof(uint32_t));
-    return s->map[0] && s->map[1] && s->centred && s->fires && s->raw && s->tapoff &&
+    return s->map[0] && s->map[1] && s->centred && s->centred16 && s->fires && s->raw && s->tapoff &&
            s->patch && s->rows;
 }
 
@@ -132,6 +140,7 @@ static void scratch_free(scratch *s)
     free(s->map[0]);
     free(s->map[1]);
     free(s->centred);
+    free(s->centred16);
     free(s->fires);
     free(s->raw);
     free(s->tapoff);
@@ -243,6 +252,15 @@ static void conv_image(const ebnn_layer *l, scratch *s, const void *src, uint32_
     const int hu = l->ho * l->pool, wu = l->wo * l->pool, npos = hu * wu;
     const int dwp = l->wo + 2 * next_pad;
     int p0, r, ky, kx, yo, xo, py, px, k, y = 0, x = 0;
+#ifdef HAVE_ROWS16
+    if (l->first && s->use16) {
+        /* src is the int32 map; its int16 twin sits at the same offset of centred16 */
+        const size_t at = (size_t)((const int32_t *)src - s->centred);
+        first_rows_c1_16(s->centred16 + at, wp, hu, wu, l->kh, l->kw, l->wmask, l->thresh,
+                         l->stride, l->out_c, s->fires);
+        goto pool;
+    }
+#endif
     if (l->first && l->in_c == 1 && l->out_c <= 32) {
         first_rows_c1((const int32_t *)src, wp, hu, wu, l->kh, l->kw, l->wmask, l->thresh,
                       l->stride, l->out_c, s->fires);
@@ -348,6 +366,17 @@ static void centre_input(const ebnn_model *m, scratch *s, const uint8_t *x, int6
     for (r = 0; r < n; r++) {
         const uint8_t *img = x + (size_t)(i0 + r) * image;
         int32_t *out = s->centred + (size_t)r * words;
+        if (s->use16) { /* only first_rows_c1_16 reads this image: int16, one channel */
+            int16_t *o16 = s->centred16 + (size_t)r * words;
+            const int16_t off = (int16_t)offset[0];
+            if (pad) memset(o16, 0, (size_t)words * sizeof *o16);
+            for (y = 0; y < h; y++) {
+                int16_t *restrict row = o16 + (size_t)(y + pad) * cwp + pad;
+                const uint8_t *restrict in = img + (size_t)y * w;
+                for (xx = 0; xx < w; xx++) row[xx] = (int16_t)(in[xx] - off);
+            }
+            continue;
+        }
         if (pad) memset(out, 0, (size_t)words * sizeof *out);
         for (y = 0; y < h; y++) {
             int32_t *restrict row = out + ((size_t)(y + pad) * cwp + pad) * c;

@@ -276,4 +276,62 @@ static inline void first_rows_c1(const int32_t *src, int wp, int hu, int wu, int
         }
 }
 
+#if defined(EBNN_ISA_AVX512) || defined(EBNN_ISA_AVX2)
+/* first_rows_c1 on int16 lanes: twice the positions per instruction. Exact while every
+ * sum fits int16: |centred value ^ mask| <= 256, so fan-ins up to ROWS16_MAX_TAPS taps;
+ * thresholds are clamped to int16, which keeps "always" and "never". The weight masks
+ * (0 or -1) are the same bit pattern as 16-bit or 32-bit broadcasts. */
+#define HAVE_ROWS16 1
+#define ROWS16_MAX_TAPS 120
+#define ROWS16_LANES (2 * LANES)
+static inline int16_t clamp16(int32_t t)
+{
+    return (int16_t)(t < -32768 ? -32768 : t > 32767 ? 32767 : t);
+}
+static inline void first_rows_c1_16(const int16_t *src, int wp, int hu, int wu, int kh,
+                                    int kw, const int32_t *wm, const int32_t *thresh,
+                                    int stride, int out_c, uint32_t *fires)
+{
+    int y, x0, g, i, ky, kx;
+    for (y = 0; y < hu; y++)
+        for (x0 = 0; x0 < wu; x0 += ROWS16_LANES) {
+            vec lo = VZERO(), hi = VZERO();
+            for (g = 0; g < out_c; g += 8) {
+                vec acc[8];
+                for (i = 0; i < 8; i++) acc[i] = VZERO();
+                for (ky = 0; ky < kh; ky++)
+                    for (kx = 0; kx < kw; kx++) {
+                        const vec v = VLOAD(src + (size_t)(y + ky) * wp + x0 + kx);
+                        const int32_t *m = wm + (size_t)(ky * kw + kx) * stride + g;
+#if defined(EBNN_ISA_AVX512)
+                        for (i = 0; i < 8; i++)
+                            acc[i] = _mm512_add_epi16(acc[i], VXOR(v, VBCAST(m[i])));
+#else
+                        for (i = 0; i < 8; i++)
+                            acc[i] = _mm256_add_epi16(acc[i], VXOR(v, VBCAST(m[i])));
+#endif
+                    }
+                for (i = 0; i < 8 && g + i < out_c; i++) {
+                    const vec bit = VBCAST(1u << (g + i));
+#if defined(EBNN_ISA_AVX512)
+                    const __mmask32 k = _mm512_cmpge_epi16_mask(
+                        acc[i], _mm512_set1_epi16(clamp16(thresh[g + i])));
+                    lo = _mm512_mask_or_epi32(lo, (__mmask16)k, lo, bit);
+                    hi = _mm512_mask_or_epi32(hi, (__mmask16)(k >> 16), hi, bit);
+#else
+                    const __m256i below = _mm256_cmpgt_epi16(
+                        _mm256_set1_epi16(clamp16(thresh[g + i])), acc[i]);
+                    lo = _mm256_or_si256(lo, _mm256_andnot_si256(
+                        _mm256_cvtepi16_epi32(_mm256_castsi256_si128(below)), bit));
+                    hi = _mm256_or_si256(hi, _mm256_andnot_si256(
+                        _mm256_cvtepi16_epi32(_mm256_extracti128_si256(below, 1)), bit));
+#endif
+                }
+            }
+            VSTORE(fires + (size_t)y * wu + x0, lo);
+            VSTORE(fires + (size_t)y * wu + x0 + LANES, hi);
+        }
+}
+#endif
+
 #endif
