@@ -229,3 +229,55 @@ def _numpy_scores(model: IntegerModel, x: np.ndarray) -> np.ndarray:
     if id(model) not in _NUMPY_CACHE:
         _NUMPY_CACHE[id(model)] = engine.scores(model, x, backend="numpy")
     return _NUMPY_CACHE[id(model)]
+
+
+CROSS_CC, QEMU = "aarch64-linux-gnu-gcc", "qemu-aarch64"
+
+
+def _dump_packed(model: IntegerModel, path) -> None:
+    """The packed model as tests/fast_harness.c reads it."""
+    import ctypes
+
+    from ebnn.fast.pack import _Layer, pack_model
+
+    pm = pack_model(model)
+    by_address = {a.ctypes.data: a for a in pm.arrays}
+    ints = [name for name, kind in _Layer._fields_ if kind is ctypes.c_int32]
+    ptrs = [name for name, kind in _Layer._fields_ if kind is ctypes.c_void_p]
+    offset = np.asarray(model.input_offset, np.int32)
+    with open(path, "wb") as f:
+        f.write(np.array([len(model.layers), model.classes, len(offset)], np.int32).tobytes())
+        f.write(offset.tobytes())
+        for layer in pm.layers:
+            f.write(np.array([getattr(layer, n) for n in ints], np.int32).tobytes())
+            for name in ptrs:
+                address = getattr(layer, name)
+                data = by_address[address].tobytes() if address else b""
+                f.write(np.int64(len(data)).tobytes() + data)
+
+
+@pytest.mark.skipif(shutil.which(CROSS_CC) is None or shutil.which(QEMU) is None,
+                    reason=f"needs {CROSS_CC} and {QEMU} (Debian gcc-aarch64-linux-gnu, "
+                           "qemu-user)")
+@pytest.mark.parametrize("isa", ["neon", "portable"])
+def test_arm64_builds_under_qemu(models, isa, tmp_path):
+    """The arm64 builds, cross-compiled and run under user-mode emulation."""
+    from pathlib import Path
+
+    from ebnn.fast.build import ISA_FLAGS, SOURCE_DIR
+
+    exe = tmp_path / "harness"
+    subprocess.run([CROSS_CC, "-std=gnu99", "-O2", "-static", "-pthread", "-Wall", "-Wextra",
+                    "-Werror", *ISA_FLAGS[isa][0], "-I", str(SOURCE_DIR),
+                    str(Path(__file__).parent / "fast_harness.c"), "-o", str(exe)],
+                   check=True, capture_output=True)
+    for name in ("conv_pool_same_rgb", "concat_taps", "grey_27_filters", "mlp", "wide_rows"):
+        model = models[name]
+        x = inputs_for(model, 20)
+        _dump_packed(model, tmp_path / "m.bin")
+        hwc = engine.to_hwc(model, x)
+        (tmp_path / "x.bin").write_bytes(np.int64(len(hwc)).tobytes() + hwc.tobytes())
+        subprocess.run([QEMU, str(exe), str(tmp_path / "m.bin"), str(tmp_path / "x.bin"),
+                        str(tmp_path / "s.bin"), "2"], check=True, capture_output=True)
+        got = np.fromfile(tmp_path / "s.bin", np.int64).reshape(len(x), model.classes)
+        np.testing.assert_array_equal(got, engine.scores(model, x, backend="numpy"))
