@@ -12,7 +12,10 @@
  * bit for bit. The first layer works on int32 centred inputs (x - offset) padded with 0,
  * which is exactly FORMAT.md section 4: with m = -1 where the weight is -1 and 0 where
  * it is +1, w * v = (v ^ m) - m, so z = sum (v ^ m) + (number of -1 weights), a constant
- * per channel that the packer moves into the threshold (padding values 0 add 0).
+ * per channel that the packer moves into the threshold (padding values 0 add 0). With
+ * one input channel the first layer runs with positions as lanes (first_rows_c1, on int16
+ * lanes where the sums fit); binary layers gather R positions' windows into a patch and
+ * run bin_block (ebnn_fast_simd.h), dense layers over a tile of R images.
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -32,7 +35,7 @@ typedef struct {
     int32_t ncx;                     /* column border classes */
     int32_t fan;                     /* output layer, binary input: KH * KW * C */
     int32_t q;                       /* binary input: taps concatenated per patch word */
-    const uint32_t *wbits;           /* binary input: [tap][in_cw][stride] */
+    const uint32_t *wbits;           /* binary input: [patch word][stride] (pack.py) */
     const int32_t *wmask;            /* first layer: [tap][in_c][stride], -1 where -1 */
     const int32_t *limit;            /* binary: [row class][col class][stride] */
     const int32_t *rowclass, *colclass; /* [hc], [wc] */
