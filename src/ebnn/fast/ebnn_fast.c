@@ -372,7 +372,13 @@ static void centre_input(const ebnn_model *m, scratch *s, const uint8_t *x, int6
         if (s->use16) { /* only first_rows_c1_16 reads this image: int16, one channel */
             int16_t *o16 = s->centred16 + (size_t)r * words;
             const int16_t off = (int16_t)offset[0];
-            if (pad) memset(o16, 0, (size_t)words * sizeof *o16);
+            if (!pad) { /* rows are contiguous: one long loop vectorises best */
+                int16_t *restrict o = o16;
+                const uint8_t *restrict in = img;
+                for (xx = 0; xx < h * w; xx++) o[xx] = (int16_t)(in[xx] - off);
+                continue;
+            }
+            memset(o16, 0, (size_t)words * sizeof *o16);
             for (y = 0; y < h; y++) {
                 int16_t *restrict row = o16 + (size_t)(y + pad) * cwp + pad;
                 const uint8_t *restrict in = img + (size_t)y * w;
