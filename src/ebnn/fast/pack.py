@@ -4,6 +4,9 @@ Packing is done once per model and reads only the IntegerModel (docs/FORMAT.md):
 
 * binary weights as 32-bit words ``[tap][word][channel]``, output channels innermost and
   padded to a multiple of 16 (the widest vector) so every ISA's build reads the same array;
+  where the input has 1, 2, 4, 8 or 16 channels, ``q = 32 / C`` taps share a word instead
+  (consecutive taps of a kernel row for convolutions, consecutive pixels for dense
+  layers), in the order ebnn_fast.c gathers the input bits;
 * first-layer weights as int32 masks ``m`` (-1 where the weight is -1, else 0) on the same
   layout: ``w * v = (v ^ m) - m``, so ``z = sum (v ^ m) + negatives``, where ``negatives``
   (the count of -1 weights of the channel) is moved into the threshold;
