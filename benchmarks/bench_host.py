@@ -128,7 +128,7 @@ def main() -> None:
         return None if y is None else float(np.mean(pred == y))
 
     rows = []
-    ref = engine.scores(model, x)
+    ref = engine.scores(model, x, backend="numpy")
     ref_pred = np.argmax(ref, axis=1)
     if net is not None:
         xt = torch.from_numpy(x)
@@ -145,8 +145,9 @@ def main() -> None:
                             n, acc(np.argmax(logits, axis=1)),
                             f"batch {args.batch}; same class as engine on {agree:.2%}"))
         torch.set_num_threads(threads)
-    lat = median_latency(lambda i: engine.scores(model, x[i:i + 1]), min(lat_n, 50))
-    total = timed(lambda: engine.scores(model, x), repeat=1)
+    lat = median_latency(lambda i: engine.scores(model, x[i:i + 1], backend="numpy"),
+                         min(lat_n, 50))
+    total = timed(lambda: engine.scores(model, x, backend="numpy"), repeat=1)
     rows.append(row("NumPy engine", lat, total, n, acc(ref_pred), "batch 256"))
 
     builds = [("-O2", ("-O2",))]

@@ -28,6 +28,7 @@ ORDER = {
                    "--regularised", "3=build/bench/mnist-mcu-reg3.pt"],
     "search": ["bench_search.py"],
     "distributed": ["bench_distributed.py"],
+    "fast": ["bench_fast.py", "--write"],  # reads build/bench/mnist-mcu.pt if present
 }
 
 

@@ -45,14 +45,19 @@ def test_eval_agrees_across_torch_integer_and_c(checkpoint, tmp_path, capsys):
     integer = run_json(capsys, "eval", str(ebnn_file), *common)
     from_checkpoint = run_json(capsys, "eval", str(checkpoint), "--engine", "integer", *common)
     compiled = run_json(capsys, "eval", str(ebnn_file), "--engine", "c", *common)
-    assert integer["engine"] == "integer" and compiled["engine"] == "c"
-    assert integer["accuracy"] == from_checkpoint["accuracy"] == compiled["accuracy"]
+    numpy = run_json(capsys, "eval", str(ebnn_file), "--engine", "numpy", "--threads", "1",
+                     *common)
+    assert integer["engine"] == "fast" and compiled["engine"] == "c"
+    assert from_checkpoint["engine"] == numpy["engine"] == "numpy"  # "integer" is an alias
+    assert (integer["accuracy"] == from_checkpoint["accuracy"] == compiled["accuracy"]
+            == numpy["accuracy"])
+    assert all(r["inference_seconds"] >= 0 for r in (integer, compiled, numpy, torch_acc))
     # PyTorch may differ only through float32 ties (counted in test_fold); on 359 digits
     # the accuracies agree to within one example.
     assert abs(torch_acc["accuracy"] - integer["accuracy"]) <= 1 / integer["n"]
     test = load_dataset("digits", "test")
     model = IntegerModel.load(ebnn_file)
-    expected = float((engine.predict(model, test.x) == test.y).mean())
+    expected = float((engine.predict(model, test.x, backend="numpy") == test.y).mean())
     assert integer["accuracy"] == expected
 
 

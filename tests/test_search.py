@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from ebnn import engine
 from ebnn.cli import main
+from ebnn.data import load_dataset
 from ebnn.deploy import IntegerModel
 from ebnn.fold import fold
 from ebnn.memory import plan_memory
@@ -197,6 +199,10 @@ def test_search_digits_within_budget_then_resume(tmp_path):
     assert summary["header"]["ram_bytes"] == plan.ram_bytes
     assert summary["header"]["flash_bytes"] == plan.flash_bytes
     assert summary["fits"] and 0.5 < summary["test_accuracy"] <= 1
+    # the deployed model's accuracy, from the fast engine, equals the NumPy engine's
+    test = load_dataset("digits", "test")
+    assert summary["integer_test_accuracy"] == engine.accuracy(model, test.x, test.y,
+                                                               backend="numpy")
     assert summary["trial"] == result.best["number"]
     assert any(p.suffix == ".c" for p in (best / "c").iterdir())
 

@@ -6,7 +6,7 @@ The stages, in the order data flows through them::
     ebnn.load_spec("digits")                  # model spec (presets, JSON, YAML)
     ebnn.train.train(spec, train, val, cfg)   # PyTorch layers and training
     ebnn.fold(model)                          # integer deployable model (the contract)
-    ebnn.engine.predict(imodel, x)            # NumPy engine
+    ebnn.engine.predict(imodel, x)            # fast SIMD engine (backend="numpy": reference)
     ebnn.convert(imodel).predict(x)           # generated C, compiled and run on the host
 """
 

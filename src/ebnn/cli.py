@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,9 +125,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data import FeatureQuantizer, load_dataset
 
     deployable = _is_model_file(args.checkpoint)
-    engine = args.engine or ("integer" if deployable else "torch")
+    engine = args.engine or ("fast" if deployable else "torch")
+    engine = "numpy" if engine == "integer" else engine  # the old name of the NumPy engine
     if deployable and engine == "torch":
-        raise ValueError(f"{args.checkpoint} is a deployable model: use --engine integer or c")
+        raise ValueError(f"{args.checkpoint} is a deployable model: use --engine fast, numpy "
+                         "or c")
     if engine == "torch":
         from .checkpoint import load_checkpoint
         from .train import check_data, evaluate
@@ -145,7 +148,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       class_names=names)
     if engine == "torch":
         check_data(spec, ds, f"{args.data} {args.split}")
+        start = time.perf_counter()
         metrics = evaluate(ck.model, ds)
+        seconds = time.perf_counter() - start
     else:
         from .train import check_data
 
@@ -153,15 +158,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if engine == "c":
             from .hostc import convert
 
-            predictions = convert(imodel).predict(ds.x)
+            compiled = convert(imodel)
+            start = time.perf_counter()
+            predictions = compiled.predict(ds.x)
         else:
-            from . import engine as np_engine
+            from . import engine as integer_engine
 
-            predictions = np_engine.predict(imodel, ds.x)
+            start = time.perf_counter()
+            predictions = integer_engine.predict(imodel, ds.x, backend=engine,
+                                                 threads=args.threads or None)
+        seconds = time.perf_counter() - start
         metrics = {"accuracy": float((predictions == ds.y).mean()), "n": len(ds)}
     if args.json:
         _print_json({**metrics, "model": str(args.checkpoint), "engine": engine,
-                     "data": ds.name, "split": args.split})
+                     "data": ds.name, "split": args.split, "inference_seconds": seconds})
     else:
         loss = f", mean loss {metrics['loss']:.4f}" if "loss" in metrics else ""
         print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} examples "
@@ -339,10 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, metavar="FILE", help="a checkpoint or .ebnn file")
     _add_data_args(p)
     p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--engine", choices=["torch", "integer", "c"],
-                   help="torch (float, checkpoints only), integer (NumPy engine) or c "
-                        "(generated C compiled for this machine); default: torch for a "
-                        "checkpoint, integer for a .ebnn file")
+    p.add_argument("--engine", choices=["fast", "numpy", "c", "torch", "integer"],
+                   help="fast (the SIMD host engine, ebnn.fast), numpy (the NumPy reference "
+                        "engine; 'integer' is an old name for it), c (the generated C "
+                        "compiled for this machine) or torch (float, checkpoints only); "
+                        "default: torch for a checkpoint, fast for a .ebnn file")
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads of the fast engine (0: every core)")
     p.add_argument("--json", action="store_true", help="print JSON (accuracy is a fraction)")
     p.set_defaults(func=cmd_eval)
 

@@ -3,16 +3,24 @@ packed bits, exactly what the generated C computes (docs/FORMAT.md).
 
     >>> scores = engine.scores(model, x)        # int64 (N, classes), fixed point
     >>> labels = engine.predict(model, x)       # first index of the largest score
+    >>> engine.scores(model, x, backend="numpy")  # the NumPy reference itself
 
 ``x`` is ``uint8`` shaped (N, C, H, W) like :class:`ebnn.data.Dataset` (or (N, F) for
-tabular data). Internally maps are HWC. Binary layers XOR input words with weight words
-tap by tap and popcount them (``np.bitwise_count``); out-of-bounds taps are skipped, which
-is exactly zero padding (section 3). The first layer sums ``±(x - offset)`` in exact
-integer arithmetic.
+tabular data).
+
+:func:`scores` and :func:`predict` run on the fast host engine (:mod:`ebnn.fast`:
+compiled SIMD C, all cores, bit for bit the same scores) unless ``backend="numpy"``; when
+no C compiler is available they warn once and fall back to NumPy. :func:`trace` (every
+layer's bits, used by :mod:`ebnn.verify`) is always NumPy. The rest of this module is the
+NumPy reference, which everything else is tested against. Internally maps are HWC.
+Binary layers XOR input words with weight words tap by tap and popcount them
+(``np.bitwise_count``); out-of-bounds taps are skipped, which is exactly zero padding
+(section 3). The first layer sums ``±(x - offset)`` in exact integer arithmetic.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +30,7 @@ from .bits import pack, popcount
 from .deploy import IntegerModel, IntLayer
 
 BATCH = 256
+BACKENDS = ("fast", "numpy")
 
 
 @dataclass
@@ -128,17 +137,51 @@ def trace(model: IntegerModel, x: np.ndarray, word_bits: int = 32) -> Trace:
     raise ValueError("model has no output layer")
 
 
-def scores(model: IntegerModel, x: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
-    """Fixed-point class scores, int64 (N, classes); divide by ``2**shift`` for logits."""
+_warned_fallback = False
+
+
+def _fast_scores(model: IntegerModel, x: np.ndarray, threads: int | None) -> np.ndarray | None:
+    """Scores from :mod:`ebnn.fast`, or None (after one warning) if it cannot be built."""
+    global _warned_fallback
+    from .fast import CompilerUnavailable, FastModel
+
+    try:
+        fm = FastModel(model)
+    except CompilerUnavailable as e:
+        if not _warned_fallback:
+            warnings.warn(f"ebnn fast engine unavailable, using the NumPy engine: {e}",
+                          RuntimeWarning, stacklevel=3)
+            _warned_fallback = True
+        return None
+    return fm.scores(x, threads)
+
+
+def scores(model: IntegerModel, x: np.ndarray, batch_size: int = BATCH, *,
+           backend: str = "fast", threads: int | None = None) -> np.ndarray:
+    """Fixed-point class scores, int64 (N, classes); divide by ``2**shift`` for logits.
+
+    ``backend``: ``"fast"`` (default; :mod:`ebnn.fast` on ``threads`` threads, default all
+    cores) or ``"numpy"`` (the reference, in batches of ``batch_size``). Both give the same
+    integers. Each fast call packs the model (about a millisecond); hold an
+    :class:`ebnn.fast.FastModel` to avoid that on many small calls.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: one of {', '.join(BACKENDS)}")
     x = np.asarray(x)
+    if backend == "fast":
+        out = _fast_scores(model, x, threads)
+        if out is not None:
+            return out
     parts = [trace(model, x[i:i + batch_size]).scores for i in range(0, len(x), batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0, model.classes), np.int64)
 
 
-def predict(model: IntegerModel, x: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
-    """Predicted class per input: the first index of the largest score."""
-    return np.argmax(scores(model, x, batch_size), axis=1)
+def predict(model: IntegerModel, x: np.ndarray, batch_size: int = BATCH, *,
+            backend: str = "fast", threads: int | None = None) -> np.ndarray:
+    """Predicted class per input: the first index of the largest score (see :func:`scores`)."""
+    return np.argmax(scores(model, x, batch_size, backend=backend, threads=threads), axis=1)
 
 
-def accuracy(model: IntegerModel, x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(predict(model, x) == np.asarray(y)))
+def accuracy(model: IntegerModel, x: np.ndarray, y: np.ndarray, *,
+             backend: str = "fast") -> float:
+    return float(np.mean(predict(model, x, backend=backend) == np.asarray(y)))

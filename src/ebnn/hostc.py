@@ -7,9 +7,11 @@
     >>> cm.save("build/c")   # the export files, ready for a firmware build
 
 :func:`convert` writes the export (:func:`ebnn.codegen.export_c`) into a temporary
-directory, compiles it with ``gcc -O2 -fPIC -shared`` together with a small batch shim
-(``<name>_predict_batch``, only in the host library, never in the export) and loads it
-with ctypes. The shared library and its directory live as long as the object.
+directory, compiles it with ``gcc -O3 -march=native -DEBNN_POPCOUNT_BUILTIN -fPIC -shared``
+(``HOST_CFLAGS``: the library only ever runs on the machine that built it, so it may use
+every instruction this CPU has, the popcount instruction above all) together with a small
+batch shim (``<name>_predict_batch``, only in the host library, never in the export) and
+loads it with ctypes. The shared library and its directory live as long as the object.
 :func:`compile_check` compiles an export directory with given flags (the tests use strict
 warnings and sanitizers).
 """
@@ -34,6 +36,7 @@ from .engine import to_hwc
 from .memory import MemoryPlan
 
 CC = os.environ.get("CC", "gcc")
+HOST_CFLAGS = ("-O3", "-march=native", "-DEBNN_POPCOUNT_BUILTIN")
 STRICT_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Wconversion", "-Wshadow",
                 "-Werror")
 
@@ -152,7 +155,8 @@ class CompiledModel:
 
 def convert(model_or_path: Any, *, word_bits: int = 32,
             modes: str | Sequence[str | None] | Mapping[int, str] | None = None,
-            early_exit: bool = False, name: str | None = None, cflags: Sequence[str] = ("-O2",),
+            early_exit: bool = False, name: str | None = None,
+            cflags: Sequence[str] = HOST_CFLAGS,
             build_dir: str | Path | None = None) -> CompiledModel:
     """Generate C for a model, compile it on the host and load it.
 
@@ -160,7 +164,8 @@ def convert(model_or_path: Any, *, word_bits: int = 32,
     :class:`~ebnn.model.BNN` (folded here), or a path to a ``.ebnn`` file or a training
     checkpoint. ``word_bits``, ``modes``, ``early_exit`` and ``name`` are those of
     :func:`ebnn.codegen.export_c`. ``build_dir`` keeps the build there instead of in a
-    temporary directory.
+    temporary directory. ``cflags`` replaces :data:`HOST_CFLAGS` (``("-O2",)`` gives the
+    portable build).
     """
     if shutil.which(CC) is None:
         raise CompileError(f"C compiler {CC!r} not found (set CC)")

@@ -18,6 +18,7 @@ def train_final(cfg: SearchConfig, best: dict[str, Any], log: Callable[[str], No
                 ) -> dict[str, Any]:
     """Train ``best`` from scratch for ``final_epochs``, evaluate it, fold, export and check
     its footprint; everything goes to ``<out>/best`` (see the module docstring)."""
+    from .. import engine
     from ..codegen import export_c
     from ..fold import fold
     from ..spec import ModelSpec
@@ -41,6 +42,8 @@ def train_final(cfg: SearchConfig, best: dict[str, Any], log: Callable[[str], No
     test_acc = evaluate(result.model, test)["accuracy"] if test is not None else None
     imodel = fold(result.model, quantizer=ds.quantizer.to_dict() if ds.quantizer else None,
                   class_names=ds.class_names)
+    # the deployed model's own accuracy (integer arithmetic, the fast engine: milliseconds)
+    integer_acc = engine.accuracy(imodel, test.x, test.y) if test is not None else None
     out = cfg.out / "best"
     if out.exists():
         shutil.rmtree(out)
@@ -66,6 +69,7 @@ def train_final(cfg: SearchConfig, best: dict[str, Any], log: Callable[[str], No
                "header": header, "count": count, **measured,
                "search_val_accuracy": best["val_accuracy"],
                "val_accuracy": result.best_val_accuracy, "test_accuracy": test_acc,
+               "integer_test_accuracy": integer_acc,
                "test_examples": len(test) if test is not None else 0,
                "epochs": cfg.final_epochs, "train_seconds": result.seconds,
                "files": {"checkpoint": "model.pt", "deployable": "model.ebnn",

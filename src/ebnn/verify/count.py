@@ -108,7 +108,7 @@ def count_region(model: IntegerModel, x_chw: np.ndarray, eps: int, *,
     total = 1
     for s in sizes.ravel():
         total *= int(s)
-    c = int(engine.predict(model, x_chw[None])[0])
+    c = int(engine.predict(model, x_chw[None], backend="numpy")[0])
     enc = ModelEncoding(model, propagate(model, lo, hi))
     goal = enc.other_class_wins(c)
     result: dict[str, Any] = {"predicted": c, "eps": eps, "pixels": pixels,

@@ -109,7 +109,7 @@ def _confirm(a: IntegerModel, b: IntegerModel, x_chw: np.ndarray) -> dict[str, A
     from ..hostc import convert
 
     batch = x_chw.reshape(1, *a.input_shape)
-    pa, pb = int(engine.predict(a, batch)[0]), int(engine.predict(b, batch)[0])
+    pa, pb = (int(engine.predict(m, batch, backend="numpy")[0]) for m in (a, b))
     ca, cb = (int(convert(m).predict(batch)[0]) for m in (a, b))
     return {"class_a": pa, "class_b": pb, "engine": pa != pb, "c": ca != cb and
             (ca, cb) == (pa, pb)}

@@ -60,7 +60,7 @@ def attack(model: IntegerModel, x_hwc: np.ndarray, eps: int, c: int, seed: int =
     signs[0], signs[1] = -1, 1
     corners = np.clip(x[None] + eps * signs, 0, 255).astype(np.uint8)
     chw = np.ascontiguousarray(corners.transpose(0, 3, 1, 2))
-    pred = engine.predict(model, chw)
+    pred = engine.predict(model, chw, threads=1)  # one core per verification job
     wrong = np.flatnonzero(pred != c)
     return corners[wrong[0]] if len(wrong) else None
 
@@ -83,7 +83,7 @@ def robustness(model: IntegerModel, x_chw: np.ndarray, eps_list: list[int],
     from pysat.solvers import Solver
 
     x_hwc = engine.to_hwc(model, x_chw[None])[0]
-    c = int(engine.predict(model, x_chw[None])[0])
+    c = int(engine.predict(model, x_chw[None], backend="numpy")[0])
     radii = sorted(set(int(e) for e in eps_list))
     found: np.ndarray | None = None
     enc = sat = goal = None

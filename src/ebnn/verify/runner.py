@@ -91,7 +91,7 @@ class Replayer:
         in_ball = bool(np.abs(cex.astype(np.int64) - x.astype(np.int64)).max() <= eps)
         batch = cex.reshape(1, *self.model.input_shape)
         return {"in_ball": in_ball,
-                "engine": int(engine.predict(self.model, batch)[0]) != c,
+                "engine": int(engine.predict(self.model, batch, backend="numpy")[0]) != c,
                 "c": int(self._compiled.predict(batch)[0]) != c}
 
     def close(self) -> None:
@@ -125,7 +125,8 @@ def verify_robust(model: IntegerModel, x: np.ndarray, y: np.ndarray, indices: Se
     have = {(r["index"], r["eps"]) for r in done}
     writer = ResultsWriter(out, header) if out is not None else None
     rows = list(done)
-    predicted = engine.predict(model, x[list(indices)]) if len(indices) else np.zeros(0, int)
+    predicted = (engine.predict(model, x[list(indices)], backend="numpy") if len(indices)
+                 else np.zeros(0, int))
     todo = []
     for k, i in enumerate(indices):
         missing = [e for e in query.eps if (int(i), e) not in have]
