@@ -27,6 +27,7 @@ from ebnn.fold import fold
 from ebnn.spec import ModelSpec
 from ebnn.testing import calibrated_random_model
 from ebnn.verify import ModelEncoding, RobustQuery, ball, propagate, robustness, verify_robust
+from ebnn.verify.cnf import WIDE, Cnf
 from ebnn.verify.count import count_region
 from ebnn.verify.cpsat import robust_cpsat
 from ebnn.verify.equiv import check_equivalence
@@ -100,15 +101,17 @@ def test_bounds_contain_the_engine(models, name):
         assert (tr.scores <= bounds.layers[-1].score_max).all()
 
 
+@pytest.mark.parametrize("wide", [WIDE, 0], ids=["totalizer", "kmtotalizer"])
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_fixed_input_encoding_gives_engine_bits_and_class(models, name):
+def test_fixed_input_encoding_gives_engine_bits_and_class(models, name, wide):
     """Inside a box where many neurons are undecided, fixing the input through
-    assumptions makes the CNF compute exactly the engine's hidden bits and class."""
+    assumptions makes the CNF compute exactly the engine's hidden bits and class, with
+    either cardinality encoding (``wide=0`` forces the reified k-modulo totalizer)."""
     model = models[name]
     x_hwc = engine.to_hwc(model, images(model, 1, seed=2))[0]
     for eps in (4, 8, 12, 20):  # the smallest box that leaves hidden bits undecided
         lo, hi = ball(x_hwc, eps)
-        enc = ModelEncoding(model, propagate(model, lo, hi))
+        enc = ModelEncoding(model, propagate(model, lo, hi), cnf=Cnf(wide=wide))
         bit_lits = {}
         for li, layer in enumerate(model.layers[:-1]):
             ho, wo, o = layer.out_shape

@@ -11,8 +11,12 @@ every gate simplifies constants away, so settled neurons cost nothing::
 Cardinality uses a *totalizer* (Bailleux and Boufkhad 2003) with the clauses of both
 directions, truncated at the bound: its output ``r_t`` is equivalent to "at least ``t``
 inputs are true", so it can sit on either side of an equivalence (a neuron's bit is
-true exactly when its popcount reaches the threshold). :meth:`Cnf.counter` returns all
-outputs of an untruncated totalizer: a unary number the output layer compares.
+true exactly when its popcount reaches the threshold). Its size grows with ``n * k``, so
+a wide constraint (a dense layer reading hundreds of undecided bits) switches to PySAT's
+k-modulo totalizer (Ogawa et al. 2013, about ``n * sqrt(k)`` clauses), reified by hand:
+``y -> sum >= k`` is the at-least encoding with ``NOT y`` added to every clause, and
+``NOT y -> sum <= k - 1`` the at-most encoding with ``y`` added. :meth:`Cnf.counter`
+returns all outputs of an untruncated totalizer: a unary number the output layer compares.
 """
 
 from __future__ import annotations
@@ -27,12 +31,18 @@ def neg(lit: Lit) -> Lit:
     return (not lit) if isinstance(lit, bool) else -lit
 
 
-class Cnf:
-    """Clauses over variables ``1..nvars``."""
+# Above this many totalizer merge cells (free literals times the smaller bound) a
+# cardinality constraint uses the k-modulo totalizer instead.
+WIDE = 4096
 
-    def __init__(self) -> None:
+
+class Cnf:
+    """Clauses over variables ``1..nvars``; ``wide`` is the switch-over size above."""
+
+    def __init__(self, wide: int = WIDE) -> None:
         self.nvars = 0
         self.clauses: list[list[int]] = []
+        self.wide = wide
 
     def new(self) -> int:
         self.nvars += 1
@@ -86,11 +96,23 @@ class Cnf:
             return self.or_(free)
         if k == len(free):
             return self.and_(free)
+        if len(free) * min(k, len(free) - k + 1) > self.wide:
+            return self._reified_kmtotalizer(free, k)
         if 2 * k > len(free) + 1:
             # sum >= k  <->  NOT (number of false literals >= n - k + 1): a smaller bound.
             k_false = len(free) - k + 1
             return neg(self._totalizer([-lit for lit in free], k_false)[k_false - 1])
         return self._totalizer(free, k)[k - 1]
+
+    def _reified_kmtotalizer(self, lits: list[int], k: int) -> int:
+        from pysat.card import CardEnc, EncType
+
+        y = self.new()
+        for bound, side, guard in ((k, CardEnc.atleast, -y), (k - 1, CardEnc.atmost, y)):
+            enc = side(lits, bound=bound, top_id=self.nvars, encoding=EncType.kmtotalizer)
+            self.nvars = max(self.nvars, enc.nv)
+            self.clauses.extend([guard, *clause] for clause in enc.clauses)
+        return y
 
     def counter(self, lits: Sequence[Lit]) -> tuple[int, list[Lit]]:
         """``(fixed, outputs)``: ``sum(lits) >= fixed + t`` is equivalent to ``outputs[t-1]``.
