@@ -4,7 +4,8 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 SYSSTAMP:= $(VENV)/.system-packages
-DEB_PACKAGES := gcc gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-avr avr-libc simavr dataset-fashion-mnist
+DEB_PACKAGES := gcc gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-avr avr-libc simavr \
+                gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf dataset-fashion-mnist
 
 .PHONY: demo test bench lint system clean
 

@@ -60,7 +60,7 @@ CODE_BYTES: dict[str | None, int] = {
 
 #: Stack bound without a target: the largest of the microcontroller architectures (the
 #: host bound is for x86-64, not a device).
-MCU_STACK_BYTES = max(STACK_BOUNDS["avr"], STACK_BOUNDS["arm"])
+MCU_STACK_BYTES = max(v for k, v in STACK_BOUNDS.items() if k != "host")
 
 
 class BudgetError(ValueError):
