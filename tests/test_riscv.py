@@ -223,3 +223,20 @@ def test_isa_of_a_model(tmp_path):
     _need("ch32v003")
     tb = build_model_for_target(make_model(), "ch32v003", tmp_path)
     assert isa_violations(tb.app.elf, "ch32v003") == []
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ch32v003_preset_fits_whole(tmp_path, seed):
+    """The mnist-ch32v003 preset's whole program fits the chip (flash, and RAM with the
+    input and the stack bound), with room to spare for other weights; mnist-mcu's
+    tables and code take the chip's flash to within a few dozen bytes or beyond."""
+    _need("ch32v003")
+    from ebnn.fold import fold
+    from ebnn.spec import load_spec
+    from ebnn.testing import calibrated_random_model
+
+    model = fold(calibrated_random_model(load_spec("mnist-ch32v003"), seed=seed))
+    tb = build_model_for_target(model, "ch32v003", tmp_path)
+    assert tb.fits() and tb.problems() == []
+    assert tb.footprint.total["flash"] <= 16384 - 512
+    assert tb.footprint.total["ram"] + tb.header["STACK_BYTES"] <= 2048
