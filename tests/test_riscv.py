@@ -240,3 +240,30 @@ def test_ch32v003_preset_fits_whole(tmp_path, seed):
     assert tb.fits() and tb.problems() == []
     assert tb.footprint.total["flash"] <= 16384 - 512
     assert tb.footprint.total["ram"] + tb.header["STACK_BYTES"] <= 2048
+
+
+FULL_C = """
+#include <stdint.h>
+const uint8_t table[15000] = {1, 2, 3};
+uint8_t scratch[1500];
+void full(const uint8_t *x, int32_t *out);
+void full(const uint8_t *x, int32_t *out)
+{
+    scratch[x[0]] = table[x[1]];
+    out[0] = scratch[x[2]] + table[x[3]];
+}
+"""
+
+
+def test_nearly_full_flash_runs(tmp_path):
+    """A program that fills most of the 16 KB of flash and has more .bss than the flash
+    left over: the .bss segment's load address then lies beyond the end of flash, which
+    the emulator must not write to (it only writes file bytes at load addresses)."""
+    _need("ch32v003")
+    (tmp_path / "f.c").write_text(FULL_C)
+    h = Harness("full(ebnn_input, ebnn_output);", 4, 1,
+                prelude="void full(const uint8_t *x, int32_t *out);")
+    app = build_harness(h, [tmp_path / "f.c"], [], "ch32v003", tmp_path)
+    assert app.sizes["flash"] + app.sizes["bss"] > 16384 >= app.sizes["flash"] > 15000
+    (r,) = RiscV(app.elf, "ch32v003").run([bytes([5, 1, 5, 2])])
+    assert r.outputs == (2 + 3,)

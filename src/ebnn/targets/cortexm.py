@@ -123,12 +123,15 @@ class CortexM:
                 if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:
                     continue
                 data = seg.data()
-                if seg["p_paddr"] <= self.sentinel < seg["p_paddr"] + seg["p_memsz"]:
+                # The run address gets the whole segment (RAM as after reset: .data
+                # copied, .bss zeroed); the load address, if another, the bytes in the file
+                # (the flash image of .data; a .bss segment has none).
+                uc.mem_write(seg["p_vaddr"], data + bytes(seg["p_memsz"] - len(data)))
+                if seg["p_paddr"] != seg["p_vaddr"] and data:
+                    uc.mem_write(seg["p_paddr"], data)
+                if data and seg["p_paddr"] <= self.sentinel < seg["p_paddr"] + len(data):
                     raise ValueError(f"{self.elf} fills its flash to the last halfword, "
                                      "which the emulator needs as the return address")
-                # Load address (flash image of .data) and run address (RAM, as after reset).
-                for addr in {seg["p_paddr"], seg["p_vaddr"]}:
-                    uc.mem_write(addr, data + bytes(seg["p_memsz"] - len(data)))
         paint = np.full((self.stack_top - self.stack_low) // 4, PAINT, dtype="<u4").tobytes()
         uc.mem_write(self.stack_low, paint)
         self.ram_image = bytes(uc.mem_read(self.ram_start, self.ram_end - self.ram_start))
