@@ -27,21 +27,28 @@ of the harness's call). :meth:`TargetBuild.problems` checks them against the gen
 header, as the target compiler sees it (``cc -E -dM``):
 
 * ``data_flash_bytes == <NAME>_FLASH_BYTES``, and the tables really are in flash: on
-  Cortex-M the ``.rodata`` delta is exactly the tables plus the popcount table (if any);
+  Cortex-M and RISC-V the ``.rodata`` delta is exactly the tables plus the popcount table (if any);
   on AVR the tables lie in ``.text`` (``PROGMEM``) and the model adds nothing to
   ``.rodata``/``.data``;
 * the static RAM delta equals ``<NAME>_RAM_BYTES`` exactly;
 * (in :func:`bench_on_target`) every measured peak stack is at most ``<NAME>_STACK_BYTES``.
 
-**Time.** On Cortex-M the emulator (:class:`ebnn.targets.CortexM`) calls
+**Fit.** The whole program must fit the chip (:meth:`TargetBuild.overshoot`): its flash
+(start-up code, harness, model code and tables) the chip's flash, and its static RAM (the
+input buffer included) plus the stack the chip's RAM; the stack is the header's bound
+before emulation and the measured peak after. A model that cannot be linked for the chip
+is not run, and its problems say by how many bytes it is over.
+
+**Time.** On Cortex-M and RISC-V the emulator (:class:`ebnn.targets.CortexM`,
+:class:`ebnn.targets.RiscV`) calls
 ``<name>_predict`` itself, so the instruction count and the painted peak stack are the
 model's own, from its first instruction to its return. On AVR simavr runs the harness,
 which times ``ebnn_run`` (a wrapper that calls ``<name>_predict`` and stores its result)
 in exact cycles; a second build with a stub ``ebnn_stub_predict`` (just ``ret``) in place
 of the model measures that wrapper, and its cycles and stack bytes are subtracted, so the
 AVR figures are ``<name>_predict``'s own too (return address included). Times in ms use
-the chip's clock (:meth:`ebnn.targets.Target.ms`); on Cortex-M that takes one cycle per
-instruction, a lower bound.
+the chip's clock (:meth:`ebnn.targets.Target.ms`); on Cortex-M and RISC-V that takes one
+cycle per instruction, a lower bound.
 
 **Word size and popcount per target** (:data:`TARGET_DEFAULTS`), chosen by measurement:
 
@@ -54,9 +61,11 @@ instruction, a lower bound.
   count sees one. Result: SWAR on both Cortex-M (M4: SWAR is cheapest, 15 vs 16; M0+:
   the byte table saves only 2 of 22 instructions), the byte table on the ATmega328P
   (61 cycles against 162 for the best table-free variant; AVR shifts one bit per
-  instruction, so SWAR costs 182).
+  instruction, so SWAR costs 182), SWAR on both RISC-V chips (CH32V003: 23 against 25
+  for the byte table; GCC builds its multiply by 0x01010101 from shifts and adds where
+  RV32EC has no multiplier; ESP32-C3: 20 against 25).
 * The packing word is 8 bits on AVR (an 8-bit CPU: wider words only add carries) and on
-  Cortex-M :func:`ebnn.codegen.choose_word_bits`: 32 bits where every channel count is a
+  Cortex-M and RISC-V :func:`ebnn.codegen.choose_word_bits`: 32 bits where every channel count is a
   multiple of 32, else 16 or 8, so that no pixel carries padding bits (the mnist-2kb
   model's 16-channel first layer: 16-bit words take 1.35 M instructions per inference on
   the Cortex-M4 against 3.0 M with 32-bit ones, 2.64 M against 4.16 M on the Cortex-M0+).
