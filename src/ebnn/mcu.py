@@ -455,8 +455,7 @@ def run_on_target(tb: TargetBuild, inputs: Sequence[bytes], *, jobs: int = 1,
     docstring); host: the native executable (no counts). ``ret`` is the predicted class.
     """
     if tb.app is None:
-        raise ValueError(f"{tb.name} does not fit the {tb.target.chip}: "
-                         + "; ".join(tb.problems()))
+        raise ValueError(f"{tb.name}: " + "; ".join(tb.checks()["fits_chip"]))
     inputs = [bytes(x) for x in inputs]
     arch = tb.target.arch
     if arch == "host":
