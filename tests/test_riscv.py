@@ -131,7 +131,9 @@ def test_popcount_table_is_current(tmp_path, target):
     _need(target)
     assert measure_popcount_variants(target, words=64, out_dir=tmp_path) == \
         POPCOUNT_COSTS[target]
-    assert TARGET_DEFAULTS[target].popcount == "swar"
+    # the whole model decides (MODEL_POPCOUNT_COSTS), with the same rule
+    assert {t: TARGET_DEFAULTS[t].popcount for t in RISCV} == {"ch32v003": "swar",
+                                                              "esp32c3": "byte_table"}
 
 
 # ---- models -----------------------------------------------------------------------------------
@@ -149,6 +151,8 @@ def test_model_agrees_with_engine_and_header(tmp_path, target):
     assert r["code_bytes"] + r["data_flash_bytes"] == r["flash_bytes"]
     assert 0 < r["stack_bytes"] <= r["header_stack_bytes"] == STACK_BOUNDS["riscv"]
     assert r["flash_over_bytes"] == r["ram_over_bytes"] == 0
+    assert r["popcount"] == TARGET_DEFAULTS[target].popcount
+    assert r["popcount_table_bytes"] == (256 if r["popcount"] == "byte_table" else 0)
     assert r["ms_per_inference"] == pytest.approx(
         1000 * r["instructions_per_inference"] / TARGETS[target].clock_hz)
     assert json.loads(json.dumps(r)) == r

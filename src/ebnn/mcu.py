@@ -61,14 +61,19 @@ cycle per instruction, a lower bound.
   count sees one. Result: SWAR on both Cortex-M (M4: SWAR is cheapest, 15 vs 16; M0+:
   the byte table saves only 2 of 22 instructions), the byte table on the ATmega328P
   (61 cycles against 162 for the best table-free variant; AVR shifts one bit per
-  instruction, so SWAR costs 182), SWAR on both RISC-V chips (CH32V003: 23 against 25
-  for the byte table; GCC builds its multiply by 0x01010101 from shifts and adds where
-  RV32EC has no multiplier; ESP32-C3: 20 against 25).
+  instruction, so SWAR costs 182). On the RISC-V chips the microbenchmark favours SWAR
+  (CH32V003: 23 against 25 for the byte table, GCC building its multiply by 0x01010101
+  from shifts and adds where RV32EC has no multiplier; ESP32-C3: 20 against 25), but a
+  whole model disagrees and decides (:data:`MODEL_POPCOUNT_COSTS`): the byte table on the
+  ESP32-C3, SWAR on the CH32V003.
 * The packing word is 8 bits on AVR (an 8-bit CPU: wider words only add carries) and on
   Cortex-M and RISC-V :func:`ebnn.codegen.choose_word_bits`: 32 bits where every channel count is a
   multiple of 32, else 16 or 8, so that no pixel carries padding bits (the mnist-2kb
   model's 16-channel first layer: 16-bit words take 1.35 M instructions per inference on
   the Cortex-M4 against 3.0 M with 32-bit ones, 2.64 M against 4.16 M on the Cortex-M0+).
+  On mnist-ch32v003 (8-channel first layer: 8-bit words) the default words are within
+  1 % of the fastest SWAR word on the CH32V003 (16 bits; 32 bits does not fit its flash)
+  and the fastest with the byte table on the ESP32-C3 (benchmarks/bench_riscv.py).
   On the trained ebnn-mnist model every word size and popcount was measured with the
   previous kernels (``benchmarks/bench_mcu.py`` prints that table next to this choice): the
   defaults were the fastest on the Cortex-M0+ and the ATmega328P (the byte table with
@@ -143,9 +148,25 @@ class TargetDefaults:
     popcount: str
 
 
+#: Instructions per inference of a whole model per popcount variant, where they decide
+#: instead of :data:`POPCOUNT_COSTS` (same rule): on the RISC-V chips the microbenchmark's
+#: loop keeps the SWAR masks in registers, which the generated window code cannot, and
+#: the two disagree. Measured by benchmarks/bench_riscv.py on mnist-ch32v003 (seed 0,
+#: 8-bit words, the default for it, mean of 2 MNIST test images). The byte table saves
+#: 12.9 % on the ESP32-C3, beyond the margin; 8.5 % on the CH32V003, under it (and there
+#: each table load reads flash, which has a wait state at 48 MHz, and the table takes 256
+#: of the 16 KB), so SWAR stays.
+MODEL_POPCOUNT_COSTS: dict[str, dict[str, float]] = {
+    "ch32v003": {"swar": 594_974, "byte_table": 544_296, "nibble": 1_018_287,
+                 "builtin": 1_059_341},
+    "esp32c3": {"swar": 510_918, "byte_table": 444_822, "nibble": 977_597,
+                "builtin": 871_098},
+}
+
 TARGET_DEFAULTS: dict[str, TargetDefaults] = {
     "host": TargetDefaults(32, "swar"),
-    **{t: TargetDefaults(8 if t == "atmega328p" else 32, choose_popcount(c))
+    **{t: TargetDefaults(8 if t == "atmega328p" else 32,
+                         choose_popcount(MODEL_POPCOUNT_COSTS.get(t, c)))
        for t, c in POPCOUNT_COSTS.items()},
 }
 
