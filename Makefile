@@ -4,7 +4,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 SYSSTAMP:= $(VENV)/.system-packages
-DEB_PACKAGES := gcc gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-avr avr-libc simavr dataset-fashion-mnist postgresql
+DEB_PACKAGES := gcc gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-avr avr-libc simavr \
+                gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf dataset-fashion-mnist \
+                postgresql
 
 .PHONY: demo test bench lint system clean
 

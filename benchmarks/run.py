@@ -22,6 +22,8 @@ ORDER = {
     "host": ["bench_host.py", "--model", "build/bench/mnist.pt", "--write"],
     "memory": ["bench_memory.py"],
     "mcu": ["bench_mcu.py", "--model", "build/bench/mnist-mcu.pt", "--images", "10000"],
+    # trains build/bench/mnist-ch32v003-s{0,1,2}.pt (about a minute each) if missing
+    "riscv": ["bench_riscv.py", "--images", "10000"],
     "early-exit": ["bench_early_exit.py", "--model", "build/bench/mnist-mcu.pt",
                    "--regularised", "0.5=build/bench/mnist-mcu-reg0.5.pt",
                    "--regularised", "1.5=build/bench/mnist-mcu-reg1.5.pt",

@@ -1,5 +1,6 @@
 """The memory plan: figures by hand, spec vs folded model, modes, and the stack bounds
-checked against gcc -fstack-usage on the host and (when installed) Cortex-M and AVR."""
+checked against gcc -fstack-usage on the host and (when installed) Cortex-M, AVR and
+RISC-V."""
 
 from __future__ import annotations
 
@@ -147,6 +148,10 @@ COMPILERS = {  # arch: (compiler, flags, optimisation levels)
     "arm-m4": ("arm-none-eabi-gcc", ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=soft"],
                ["-Os", "-O2"]),
     "avr": ("avr-gcc", ["-mmcu=atmega328p"], ["-Os", "-O2"]),
+    "riscv-rv32ec": ("riscv64-unknown-elf-gcc", ["-march=rv32ec", "-mabi=ilp32e",
+                                                 "--specs=picolibc.specs"], ["-Os", "-O2"]),
+    "riscv-rv32imc": ("riscv64-unknown-elf-gcc", ["-march=rv32imc", "-mabi=ilp32",
+                                                  "--specs=picolibc.specs"], ["-Os", "-O2"]),
 }
 STACK_MODELS = {
     "mixed": {"name": "mixed", "input_shape": [2, 9, 7], "classes": 4, "blocks": [

@@ -312,7 +312,8 @@ def test_search_with_target_counts_instructions(tmp_path):
     assert result.final["footprint"]["code_bytes"] <= CODE_BYTES["cortex-m4"]
 
 
-@pytest.mark.parametrize("target", ["cortex-m0plus", "cortex-m4", "atmega328p"])
+@pytest.mark.parametrize("target", ["cortex-m0plus", "cortex-m4", "atmega328p", "ch32v003",
+                                    "esp32c3"])
 def test_code_size_constant_bounds_real_code(tmp_path, target):
     """CODE_BYTES, used for flash without a target, bounds the code of a deep model."""
     if not _have(target):

@@ -27,7 +27,7 @@ from ebnn.targets import (  # noqa: E402
 )
 from ebnn.targets.popcount import VARIANTS, measure_popcount_variants, run_variant  # noqa: E402
 
-MCU = ["cortex-m0plus", "cortex-m4", "atmega328p"]
+MCU = ["cortex-m0plus", "cortex-m4", "atmega328p", "ch32v003", "esp32c3"]
 ARM = ["cortex-m0plus", "cortex-m4"]
 
 
@@ -142,7 +142,8 @@ def _app(prog_apps, target):
 
 # ---- targets and builds ----------------------------------------------------------------------
 def test_target_table():
-    assert set(TARGETS) == {"host", "cortex-m0plus", "cortex-m4", "atmega328p"}
+    assert set(TARGETS) == {"host", "cortex-m0plus", "cortex-m4", "atmega328p", "ch32v003",
+                            "esp32c3"}
     avr = TARGETS["atmega328p"]
     assert (avr.flash_bytes, avr.ram_bytes, avr.clock_hz) == (32768, 2048, 16_000_000)
     assert avr.ms(16_000) == pytest.approx(1.0)
@@ -260,7 +261,7 @@ def test_counts_deterministic_and_linear(prog_apps, target):
     step = counts[1] - counts[0]
     # each recursion level costs the same: the counts lie exactly on a line
     assert [c - counts[0] for c in counts[:5]] == [step * d for d in depths]
-    low, high = (8, 40) if app.target.arch == "arm" else (40, 200)  # instructions / cycles
+    low, high = (8, 40) if app.target.unit == "instructions" else (40, 200)  # or cycles
     assert low <= step <= high
 
 
@@ -410,7 +411,8 @@ def test_popcount_variants_host(tmp_path):
         assert [r.ret for r in results] == expected_sums
 
 
-@pytest.mark.parametrize("target,n", [("atmega328p", 3000), ("cortex-m0plus", 40000)])
+@pytest.mark.parametrize("target,n", [("atmega328p", 3000), ("cortex-m0plus", 40000),
+                                      ("ch32v003", 3000)])
 def test_too_big_for_ram(tmp_path, target, n):
     _need(target)
     (tmp_path / "t.c").write_text(

@@ -290,7 +290,8 @@ def _add_export_args(p: argparse.ArgumentParser, modes_default: str | None) -> N
     p.add_argument("--modes", choices=["fused", "materialized"], default=modes_default,
                    help="conv layer mode for every layer (default: as in the model spec)")
     p.add_argument("--target", help="target the stack bound is stated for "
-                                    "(host, cortex-m0plus, cortex-m4, atmega328p)")
+                                    "(host, cortex-m0plus, cortex-m4, atmega328p, ch32v003, "
+                                    "esp32c3)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -414,8 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="run a model on an emulated microcontroller",
                        description="Build the model for --target and run it in emulation "
-                                   "(Unicorn for Cortex-M, simavr for AVR): flash, RAM, peak "
-                                   "stack, instructions or cycles per inference, accuracy, "
+                                   "(Unicorn for Cortex-M and RISC-V, simavr for AVR): "
+                                   "flash, RAM, peak stack, instructions or cycles per "
+                                   "inference, accuracy, "
                                    "and agreement with the NumPy engine (exit 1 if any "
                                    "check fails).")
     add_build_options(p)

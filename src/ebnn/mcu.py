@@ -27,21 +27,28 @@ of the harness's call). :meth:`TargetBuild.problems` checks them against the gen
 header, as the target compiler sees it (``cc -E -dM``):
 
 * ``data_flash_bytes == <NAME>_FLASH_BYTES``, and the tables really are in flash: on
-  Cortex-M the ``.rodata`` delta is exactly the tables plus the popcount table (if any);
+  Cortex-M and RISC-V the ``.rodata`` delta is exactly the tables plus the popcount table (if any);
   on AVR the tables lie in ``.text`` (``PROGMEM``) and the model adds nothing to
   ``.rodata``/``.data``;
 * the static RAM delta equals ``<NAME>_RAM_BYTES`` exactly;
 * (in :func:`bench_on_target`) every measured peak stack is at most ``<NAME>_STACK_BYTES``.
 
-**Time.** On Cortex-M the emulator (:class:`ebnn.targets.CortexM`) calls
+**Fit.** The whole program must fit the chip (:meth:`TargetBuild.overshoot`): its flash
+(start-up code, harness, model code and tables) the chip's flash, and its static RAM (the
+input buffer included) plus the stack the chip's RAM; the stack is the header's bound
+before emulation and the measured peak after. A model that cannot be linked for the chip
+is not run, and its problems say by how many bytes it is over.
+
+**Time.** On Cortex-M and RISC-V the emulator (:class:`ebnn.targets.CortexM`,
+:class:`ebnn.targets.RiscV`) calls
 ``<name>_predict`` itself, so the instruction count and the painted peak stack are the
 model's own, from its first instruction to its return. On AVR simavr runs the harness,
 which times ``ebnn_run`` (a wrapper that calls ``<name>_predict`` and stores its result)
 in exact cycles; a second build with a stub ``ebnn_stub_predict`` (just ``ret``) in place
 of the model measures that wrapper, and its cycles and stack bytes are subtracted, so the
 AVR figures are ``<name>_predict``'s own too (return address included). Times in ms use
-the chip's clock (:meth:`ebnn.targets.Target.ms`); on Cortex-M that takes one cycle per
-instruction, a lower bound.
+the chip's clock (:meth:`ebnn.targets.Target.ms`); on Cortex-M and RISC-V that takes one
+cycle per instruction, a lower bound.
 
 **Word size and popcount per target** (:data:`TARGET_DEFAULTS`), chosen by measurement:
 
@@ -54,12 +61,19 @@ instruction, a lower bound.
   count sees one. Result: SWAR on both Cortex-M (M4: SWAR is cheapest, 15 vs 16; M0+:
   the byte table saves only 2 of 22 instructions), the byte table on the ATmega328P
   (61 cycles against 162 for the best table-free variant; AVR shifts one bit per
-  instruction, so SWAR costs 182).
+  instruction, so SWAR costs 182). On the RISC-V chips the microbenchmark favours SWAR
+  (CH32V003: 23 against 25 for the byte table, GCC building its multiply by 0x01010101
+  from shifts and adds where RV32EC has no multiplier; ESP32-C3: 20 against 25), but a
+  whole model disagrees and decides (:data:`MODEL_POPCOUNT_COSTS`): the byte table on the
+  ESP32-C3, SWAR on the CH32V003.
 * The packing word is 8 bits on AVR (an 8-bit CPU: wider words only add carries) and on
-  Cortex-M :func:`ebnn.codegen.choose_word_bits`: 32 bits where every channel count is a
+  Cortex-M and RISC-V :func:`ebnn.codegen.choose_word_bits`: 32 bits where every channel count is a
   multiple of 32, else 16 or 8, so that no pixel carries padding bits (the mnist-2kb
   model's 16-channel first layer: 16-bit words take 1.35 M instructions per inference on
   the Cortex-M4 against 3.0 M with 32-bit ones, 2.64 M against 4.16 M on the Cortex-M0+).
+  On mnist-ch32v003 (8-channel first layer: 8-bit words) the default words are within
+  1 % of the fastest SWAR word on the CH32V003 (16 bits; 32 bits does not fit its flash)
+  and the fastest with the byte table on the ESP32-C3 (benchmarks/bench_riscv.py).
   On the trained ebnn-mnist model every word size and popcount was measured with the
   previous kernels (``benchmarks/bench_mcu.py`` prints that table next to this choice): the
   defaults were the fastest on the Cortex-M0+ and the ATmega328P (the byte table with
@@ -106,6 +120,8 @@ POPCOUNT_COSTS: dict[str, dict[str, float]] = {
     "cortex-m0plus": {"swar": 22, "nibble": 81, "byte_table": 20, "builtin": 27, "loop": 6},
     "cortex-m4": {"swar": 15, "nibble": 55, "byte_table": 16, "builtin": 19, "loop": 5},
     "atmega328p": {"swar": 182, "nibble": 380, "byte_table": 61, "builtin": 162, "loop": 19},
+    "ch32v003": {"swar": 23, "nibble": 66, "byte_table": 25, "builtin": 35, "loop": 8},
+    "esp32c3": {"swar": 20, "nibble": 66, "byte_table": 25, "builtin": 30, "loop": 8},
 }
 TABLE_VARIANTS = ("nibble", "byte_table")
 TABLE_MARGIN = 0.10  # a table variant must be this much cheaper than the best table-free one
@@ -132,9 +148,25 @@ class TargetDefaults:
     popcount: str
 
 
+#: Instructions per inference of a whole model per popcount variant, where they decide
+#: instead of :data:`POPCOUNT_COSTS` (same rule): on the RISC-V chips the microbenchmark's
+#: loop keeps the SWAR masks in registers, which the generated window code cannot, and
+#: the two disagree. Measured by benchmarks/bench_riscv.py on mnist-ch32v003 (seed 0,
+#: 8-bit words, the default for it, mean of 2 MNIST test images). The byte table saves
+#: 12.9 % on the ESP32-C3, beyond the margin; 8.5 % on the CH32V003, under it (and there
+#: each table load reads flash, which has a wait state at 48 MHz, and the table takes 256
+#: of the 16 KB), so SWAR stays.
+MODEL_POPCOUNT_COSTS: dict[str, dict[str, float]] = {
+    "ch32v003": {"swar": 594_974, "byte_table": 544_296, "nibble": 1_018_287,
+                 "builtin": 1_059_341},
+    "esp32c3": {"swar": 510_918, "byte_table": 444_822, "nibble": 977_597,
+                "builtin": 871_098},
+}
+
 TARGET_DEFAULTS: dict[str, TargetDefaults] = {
     "host": TargetDefaults(32, "swar"),
-    **{t: TargetDefaults(8 if t == "atmega328p" else 32, choose_popcount(c))
+    **{t: TargetDefaults(8 if t == "atmega328p" else 32,
+                         choose_popcount(MODEL_POPCOUNT_COSTS.get(t, c)))
        for t, c in POPCOUNT_COSTS.items()},
 }
 
@@ -200,9 +232,24 @@ class TargetBuild:
     def static_ram_bytes(self) -> int | None:
         return self.footprint.model["ram"] if self.footprint else None
 
-    def fits(self) -> bool:
-        """Whether the whole measuring program fits the chip's flash and static RAM."""
-        return self.app is not None and self.app.fits()
+    def overshoot(self, stack_bytes: int | None = None) -> dict[str, int]:
+        """Bytes by which the whole program exceeds the chip (0 where it fits):
+        ``flash`` (start-up, harness, code and tables against the chip's flash) and
+        ``ram`` (static RAM with the input, plus the stack, against the chip's RAM). The
+        stack is ``stack_bytes`` (a measured peak) or else the header's bound
+        ``<NAME>_STACK_BYTES``. Empty on the host."""
+        if self.footprint is None:
+            return {}
+        total = self.footprint.total
+        stack = self.header["STACK_BYTES"] if stack_bytes is None else stack_bytes
+        return {"flash": max(0, total["flash"] - self.target.flash_bytes),
+                "ram": max(0, total["ram"] + stack - self.target.ram_bytes)}
+
+    def fits(self, stack_bytes: int | None = None) -> bool:
+        """Whether the whole program fits the chip: flash, and static RAM (the input
+        included) plus the stack (see :meth:`overshoot`; without a measured
+        ``stack_bytes``, the header's bound)."""
+        return self.app is not None and not any(self.overshoot(stack_bytes).values())
 
     def checks(self) -> dict[str, list[str]]:
         """Each check of the ELF against the header, with its problems (empty: passed):
@@ -217,7 +264,7 @@ class TargetBuild:
         if self.data_flash_bytes != flash:
             bad.append(f"{self.name}_tables is {self.data_flash_bytes} bytes in the ELF, the "
                        f"header says FLASH_BYTES {flash}")
-        if self.target.arch == "arm":
+        if self.target.arch in ("arm", "riscv"):
             want = flash + self.popcount_table_bytes
             if model["rodata"] != want:
                 bad.append(f".rodata grows by {model['rodata']} bytes, expected {want} "
@@ -233,10 +280,13 @@ class TargetBuild:
                 f"static RAM grows by {model['ram']} bytes (.data {model['data']} + .bss "
                 f"{model['bss']}), the header says RAM_BYTES {ram}")
         if self.app is None:
+            over = self.overshoot()
+            total, stack = self.footprint.total, self.header["STACK_BYTES"]
             out["fits_chip"].append(
-                f"does not fit the {self.target.chip}: {self.footprint.total['flash']} of "
-                f"{self.target.flash_bytes} bytes of flash, {self.footprint.total['ram']} of "
-                f"{self.target.ram_bytes} of RAM")
+                f"does not fit the {self.target.chip}: flash {total['flash']} of "
+                f"{self.target.flash_bytes} bytes ({over['flash']} over), RAM "
+                f"{total['ram'] + stack} of {self.target.ram_bytes} bytes ({over['ram']} "
+                f"over; static {total['ram']} with the input, stack bound {stack})")
         return out
 
     def problems(self) -> list[str]:
@@ -280,6 +330,8 @@ class TargetBuild:
                      program_ram_bytes=self.footprint.total["ram"],
                      chip_flash_bytes=self.target.flash_bytes,
                      chip_ram_bytes=self.target.ram_bytes, fits=self.fits(),
+                     flash_over_bytes=self.overshoot()["flash"],
+                     ram_over_bytes=self.overshoot()["ram"],
                      problems=self.problems())
         return d
 
@@ -316,8 +368,13 @@ def build_model_for_target(model: IntegerModel | str | Path, target: str | Targe
     """Export ``model`` and cross-compile it for ``target`` into ``out_dir``.
 
     ``word_bits`` and ``popcount`` default to :data:`TARGET_DEFAULTS`; ``modes`` and
-    ``early_exit`` go to :func:`ebnn.codegen.export_c`. A model too large for the chip is
-    still measured (``app`` is then ``None`` and :meth:`TargetBuild.problems` says so).
+    ``early_exit`` go to :func:`ebnn.codegen.export_c`. A model too large for the chip
+    (its flash, or its static RAM with the input) is still measured, but no program to
+    run is built: ``app`` is then ``None`` and :meth:`TargetBuild.problems` says by how
+    much it is over (:meth:`TargetBuild.overshoot`, RAM with the header's stack bound).
+    A model whose static RAM fits but not with the stack bound is built:
+    :meth:`TargetBuild.fits` is then ``False`` until :func:`bench_on_target` measures
+    the real stack.
     Raises :class:`ebnn.targets.BuildError` when a compiler fails.
     """
     model = _as_model(model)
@@ -325,9 +382,9 @@ def build_model_for_target(model: IntegerModel | str | Path, target: str | Targe
     if not tgt.available():
         raise ValueError(f"{tgt.cc} is not installed; `make system` installs the toolchains")
     defaults = TARGET_DEFAULTS.get(tgt.name, TargetDefaults(32, "swar"))
-    if not word_bits:  # on Cortex-M narrower words where channel counts ask for them
-        word_bits = choose_word_bits(model, tgt.name) if tgt.arch == "arm" else \
-            defaults.word_bits
+    if not word_bits:  # on 32-bit MCUs narrower words where channel counts ask for them
+        word_bits = choose_word_bits(model, tgt.name) if tgt.arch in ("arm", "riscv") \
+            else defaults.word_bits
     popcount = popcount or defaults.popcount
     if popcount not in VARIANTS or popcount == "loop":
         raise ValueError(f"unknown popcount {popcount!r}; choose one of "
@@ -355,14 +412,11 @@ def build_model_for_target(model: IntegerModel | str | Path, target: str | Targe
     syms = read_symbols(tb.footprint_elf)
     tb.data_flash_bytes = syms.get(f"{ex.name}_tables", (0, None))[1]
     tb.popcount_table_bytes = sum(syms[s][1] for s in POPCOUNT_TABLE_SYMBOLS if s in syms)
-    try:
-        tb.app = build_harness(harness, [ex.source], [ex.out_dir], tgt, out / "app",
-                               defines=defines)
-    except BuildError:
-        if tb.footprint.total["flash"] <= tgt.flash_bytes and \
-                tb.footprint.total["ram"] <= tgt.ram_bytes:
-            raise  # fits, so the failure is something else
-        return tb
+    if tb.footprint.total["flash"] > tgt.flash_bytes or \
+            tb.footprint.total["ram"] > tgt.ram_bytes:
+        return tb  # cannot be linked for the chip: checks() says by how much it is over
+    tb.app = build_harness(harness, [ex.source], [ex.out_dir], tgt, out / "app",
+                           defines=defines)
     if tgt.arch == "avr":
         stub_src = out / "stub" / "ebnn_stub.c"
         stub_src.parent.mkdir(parents=True, exist_ok=True)
@@ -397,11 +451,16 @@ def _check_stub(tb: TargetBuild) -> None:
 
 
 # ---- running ---------------------------------------------------------------------------------
-def _run_cortexm_chunk(elf: str, target: str, function: str,
-                       inputs: list[bytes]) -> list[RunResult]:
-    from .targets import CortexM
+def _emulator(elf: str | Path, target: str | Target):
+    """The Unicorn runner for a Cortex-M or RISC-V build."""
+    from .targets import CortexM, RiscV
 
-    return CortexM(elf, target).run(inputs, function=function)
+    return (RiscV if get_target(target).arch == "riscv" else CortexM)(elf, target)
+
+
+def _run_unicorn_chunk(elf: str, target: str, function: str,
+                       inputs: list[bytes]) -> list[RunResult]:
+    return _emulator(elf, target).run(inputs, function=function)
 
 
 def _chunks(items: list[bytes], size: int) -> list[list[bytes]]:
@@ -417,8 +476,7 @@ def run_on_target(tb: TargetBuild, inputs: Sequence[bytes], *, jobs: int = 1,
     docstring); host: the native executable (no counts). ``ret`` is the predicted class.
     """
     if tb.app is None:
-        raise ValueError(f"{tb.name} does not fit the {tb.target.chip}: "
-                         + "; ".join(tb.problems()))
+        raise ValueError(f"{tb.name}: " + "; ".join(tb.checks()["fits_chip"]))
     inputs = [bytes(x) for x in inputs]
     arch = tb.target.arch
     if arch == "host":
@@ -434,17 +492,17 @@ def run_on_target(tb: TargetBuild, inputs: Sequence[bytes], *, jobs: int = 1,
             log(f"{tb.target.name}: {done[0]}/{len(inputs)} inputs")
 
     results: list[RunResult] = []
-    if arch == "arm":
+    if arch in ("arm", "riscv"):
         size = max(1, min(64, -(-len(inputs) // jobs)))
         if jobs == 1:
             for chunk in _chunks(inputs, size):
-                results += _run_cortexm_chunk(str(tb.app.elf), tb.target.name,
+                results += _run_unicorn_chunk(str(tb.app.elf), tb.target.name,
                                               tb.predict_function, chunk)
                 progress(len(chunk))
             return results
         ctx = multiprocessing.get_context("fork")  # the workers use only Unicorn and NumPy
         with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_run_cortexm_chunk, str(tb.app.elf), tb.target.name,
+            futures = [pool.submit(_run_unicorn_chunk, str(tb.app.elf), tb.target.name,
                                    tb.predict_function, chunk)
                        for chunk in _chunks(inputs, size)]
             for fut in futures:
@@ -471,16 +529,14 @@ def run_on_target(tb: TargetBuild, inputs: Sequence[bytes], *, jobs: int = 1,
 
 
 def layer_profile(tb: TargetBuild, input_bytes: bytes) -> dict[str, int]:
-    """Instructions of one ``<name>_predict`` call per layer on a Cortex-M build:
+    """Instructions of one ``<name>_predict`` call per layer on a Cortex-M or RISC-V build:
     ``{"l0": ..., "l1": ..., "rest": ...}`` (``rest``: ``scores``, ``predict`` and argmax),
     summing to the call's count. Each generated layer is a function of its own, so the
     emulator attributes every executed block by address (:meth:`CortexM.profile`)."""
-    from .targets import CortexM
-
-    if tb.target.arch != "arm" or tb.app is None:
-        raise ValueError("layer_profile needs a Cortex-M build that fits its chip")
+    if tb.target.arch not in ("arm", "riscv") or tb.app is None:
+        raise ValueError("layer_profile needs a Cortex-M or RISC-V build that fits its chip")
     layers = [f"{tb.name}_l{i}" for i in range(len(tb.export.memory.layers))]
-    counts = CortexM(tb.app.elf, tb.target).profile(bytes(input_bytes), tb.predict_function,
+    counts = _emulator(tb.app.elf, tb.target).profile(bytes(input_bytes), tb.predict_function,
                                                    layers)
     out = {f"l{i}": counts[sym] for i, sym in enumerate(layers)}
     out["rest"] = counts[""]
@@ -501,11 +557,14 @@ def bench_on_target(model: IntegerModel | str | Path, target: str | Target, x: n
     :func:`ebnn.engine.predict`. The report holds ``flash_bytes``, ``code_bytes``,
     ``data_flash_bytes``, ``static_ram_bytes``, ``stack_bytes`` (largest measured),
     ``ram_bytes`` (static + stack), ``input_bytes``,
-    ``peak_ram_bytes_including_input``, ``instructions_per_inference`` (Cortex-M) or
-    ``cycles_per_inference`` (AVR) (means, with ``*_min``/``*_max``),
+    ``peak_ram_bytes_including_input``, ``instructions_per_inference`` (Cortex-M,
+    RISC-V) or ``cycles_per_inference`` (AVR) (means, with ``*_min``/``*_max``),
     ``ms_per_inference`` at the chip's clock, ``accuracy`` (``None`` without ``y``),
     ``engine_accuracy``, ``agree_with_engine``, ``disagreements``, ``checks`` and
-    ``problems`` (empty when every check passed), ``seconds``. Without ``out_dir`` the
+    ``problems`` (empty when every check passed), ``seconds``. On a microcontroller
+    ``fits``, ``flash_over_bytes`` and ``ram_over_bytes`` judge the whole program with
+    the measured stack (``program_peak_ram_bytes``: static RAM with the input, plus the
+    stack), ``fits_with_stack_bound`` with the header's bound. Without ``out_dir`` the
     build goes to a temporary directory.
     """
     import tempfile
@@ -556,6 +615,15 @@ def bench_on_target(model: IntegerModel | str | Path, target: str | Target, x: n
         checks["stack_within_bound"] = [] if stack <= tb.header["STACK_BYTES"] else [
             f"peak stack {stack} bytes exceeds the header's STACK_BYTES "
             f"{tb.header['STACK_BYTES']}"]
+        # With the measured stack in place of the bound: the whole program on the chip.
+        over = tb.overshoot(stack)
+        report.update(fits=tb.fits(stack), fits_with_stack_bound=tb.fits(),
+                      flash_over_bytes=over["flash"], ram_over_bytes=over["ram"],
+                      program_peak_ram_bytes=tb.footprint.total["ram"] + stack)
+        if over["ram"]:
+            checks["fits_chip"].append(
+                f"does not fit the {tgt.chip}: RAM {tb.footprint.total['ram'] + stack} of "
+                f"{tgt.ram_bytes} bytes with the measured stack ({over['ram']} over)")
     problems = [p for found in checks.values() for p in found]
     if not report["agree_with_engine"]:
         problems.append(f"{report['disagreements']} of {len(x)} predictions differ from the "

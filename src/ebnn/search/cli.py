@@ -52,7 +52,8 @@ def add_search_parser(sub: Any) -> None:
                    help="flash budget: model tables + code (e.g. 32KB)")
     p.add_argument("--target", choices=SEARCH_TARGETS,
                    help="build every candidate for this target: exact flash, and "
-                        "instructions (Cortex-M) or cycles (AVR) per inference as an objective")
+                        "instructions (Cortex-M, RISC-V) or cycles (AVR) per inference as an "
+                        "objective")
     p.add_argument("--max-instructions", metavar="N",
                    help="limit per inference on --target (e.g. 640000, 640k, 2M)")
     p.add_argument("--trials", type=int, required=True,

@@ -50,10 +50,7 @@ def train_final(cfg: SearchConfig, best: dict[str, Any], log: Callable[[str], No
     out.mkdir(parents=True)
     shutil.copyfile(work / "model.pt", out / "model.pt")
     imodel.save(out / "model.ebnn")
-    arch = None
-    if budget.target:
-        arch = "avr" if budget.target == "atmega328p" else "cortex-m"
-    export = export_c(imodel, out / "c", word_bits=wb, target=arch)
+    export = export_c(imodel, out / "c", word_bits=wb, target=budget.target)
     fp = plan_footprint(imodel, wb, budget.target)
     count = None
     measured: dict[str, Any] = {}

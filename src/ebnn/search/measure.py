@@ -1,5 +1,5 @@
 """Measure a folded candidate on a microcontroller target: exact flash from its build, and
-instructions (Cortex-M, Unicorn) or cycles (AVR, simavr) per inference.
+instructions (Cortex-M and RISC-V, Unicorn) or cycles (AVR, simavr) per inference.
 
     m = build_for_target(fold(build_model(spec)), 8, "cortex-m4", "build/t3", inputs=x[:8])
     m.footprint.flash, m.footprint.ram, m.count
@@ -23,7 +23,7 @@ from ..deploy import IntegerModel
 from .budget import Footprint, device_plan, footprint_from_plan
 
 #: The targets a search can measure on (host code size means nothing for a device).
-SEARCH_TARGETS = ("cortex-m0plus", "cortex-m4", "atmega328p")
+SEARCH_TARGETS = ("cortex-m0plus", "cortex-m4", "atmega328p", "ch32v003", "esp32c3")
 _BASELINES: dict[tuple[str, int, int], dict[str, int]] = {}
 
 
@@ -70,9 +70,8 @@ def build_for_target(model: IntegerModel, word_bits: int, target: str, workdir: 
     from ..targets import Harness, build_harness, get_target, run
 
     tgt = get_target(target)
-    arch = {"arm": "cortex-m", "avr": "avr"}.get(tgt.arch, "host")
     work = Path(workdir)
-    res = export_c(model, work / "c", name=name, word_bits=word_bits, target=arch)
+    res = export_c(model, work / "c", name=name, word_bits=word_bits, target=tgt.name)
     c, h, w = model.input_shape
     n_in = c * h * w
     # batch=1: on AVR a larger batch stores its inputs in flash, which the baseline lacks.

@@ -558,7 +558,9 @@ def dominating(trials: Any, number: int, epoch: int, acc: float, ram: int,
 
 
 def _unit(b: Budget) -> str:
-    return "cycles" if b.target == "atmega328p" else "instructions"
+    from ..targets import get_target
+
+    return get_target(b.target).unit if b.target else "instructions"
 
 
 def _over_text(fp: Footprint, b: Budget) -> str:

@@ -3,11 +3,14 @@
 The pieces, each documented in its module:
 
 * :mod:`~ebnn.targets.toolchains`: :data:`TARGETS` (``host``, ``cortex-m0plus``,
-  ``cortex-m4``, ``atmega328p``), :func:`build` and :func:`section_sizes`.
+  ``cortex-m4``, ``atmega328p``, ``ch32v003``, ``esp32c3``), :func:`build` and
+  :func:`section_sizes`.
+* :mod:`~ebnn.targets.startup`: bare-metal start-up code and linker scripts.
 * :mod:`~ebnn.targets.harness`: the generated C ``main`` around the code under test
   (:class:`Harness`, :func:`build_harness`), and :func:`footprint`, which subtracts a
   no-model baseline built with the same flags.
 * :mod:`~ebnn.targets.cortexm`: Unicorn runner counting instructions and peak stack.
+* :mod:`~ebnn.targets.riscv`: the same on RISC-V, with a check of the chip's instruction set.
 * :mod:`~ebnn.targets.avr`: simavr runner measuring exact cycles and peak stack.
 * :mod:`~ebnn.targets.host`: native runner for quick checks.
 * :mod:`~ebnn.targets.popcount`: the popcount microbenchmark.
@@ -17,7 +20,7 @@ A typical measurement of a generated model on every target:
     from ebnn.targets import Harness, build_harness, footprint, run
     h = Harness("digits_scores(ebnn_input, ebnn_output);", 64, 10,
                 includes=("digits_model.h",))
-    for name in ("cortex-m0plus", "cortex-m4", "atmega328p"):
+    for name in ("cortex-m0plus", "cortex-m4", "atmega328p", "ch32v003"):
         fp = footprint(h, ["digits_model.c"], ["gen"], name, f"build/{name}")
         app = build_harness(h, ["digits_model.c"], ["gen"], name, f"build/{name}")
         results = run(app, images)        # list of RunResult
@@ -32,6 +35,7 @@ from .avr import SimavrError, run_avr
 from .cortexm import CortexM, EmulationError, run_cortexm
 from .harness import Footprint, Harness, build_harness, footprint, harness_source
 from .host import run_host
+from .riscv import RiscV, isa_violations, run_riscv
 from .toolchains import (
     TARGETS,
     BuildError,
@@ -47,11 +51,14 @@ from .toolchains import (
 def run(app: BuildResult, inputs: Sequence[bytes], function: str = "ebnn_run") -> list[RunResult]:
     """Run a harness built by :func:`build_harness` on each input, on its own target.
 
-    ``function`` only applies to Cortex-M (which may call a model function directly).
+    ``function`` only applies to Cortex-M and RISC-V (which may call a model function
+    directly).
     """
     arch = app.target.arch
     if arch == "arm":
         return run_cortexm(app.elf, inputs, target=app.target, function=function)
+    if arch == "riscv":
+        return run_riscv(app.elf, inputs, target=app.target, function=function)
     if arch == "avr":
         return run_avr(app.elf, inputs)
     return run_host(app.elf, inputs, app.extra["input_len"])
@@ -59,7 +66,7 @@ def run(app: BuildResult, inputs: Sequence[bytes], function: str = "ebnn_run") -
 
 __all__ = [
     "TARGETS", "BuildError", "BuildResult", "CortexM", "EmulationError", "Footprint",
-    "Harness", "RunResult", "SimavrError", "Target", "build", "build_harness", "footprint",
-    "get_target", "harness_source", "run", "run_avr", "run_cortexm", "run_host",
-    "section_sizes",
+    "Harness", "RiscV", "RunResult", "SimavrError", "Target", "build", "build_harness",
+    "footprint", "get_target", "harness_source", "isa_violations", "run", "run_avr",
+    "run_cortexm", "run_host", "run_riscv", "section_sizes",
 ]

@@ -76,13 +76,32 @@ def _page_span(start: int, end: int, page: int = 0x1000) -> tuple[int, int]:
 
 
 class CortexM:
-    """An ELF loaded into a Unicorn Cortex-M, ready for many calls (see the module doc)."""
+    """An ELF loaded into a Unicorn Cortex-M, ready for many calls (see the module doc).
+
+    The architecture's details are the class attributes and the two methods after them;
+    :class:`ebnn.targets.riscv.RiscV` overrides them for RISC-V."""
+
+    ARCH = "arm"
+    # argument 0, argument 1, stack pointer, return address, program counter
+    REGS = (arm.UC_ARM_REG_R0, arm.UC_ARM_REG_R1, arm.UC_ARM_REG_SP, arm.UC_ARM_REG_LR,
+            arm.UC_ARM_REG_PC)
+    CODE_BIT = 1  # the Thumb bit of code addresses
+
+    def _new_engine(self) -> unicorn.Uc:
+        # Not UC_MODE_MCLASS: Unicorn 2.1 then forces a Cortex-M33 whatever model is set.
+        uc = unicorn.Uc(unicorn.UC_ARCH_ARM, unicorn.UC_MODE_THUMB)
+        uc.ctl_set_cpu_model(getattr(arm, self.target.unicorn_cpu))
+        return uc
+
+    @staticmethod
+    def _count_instructions(code: bytes) -> int:
+        return _thumb_count(code)
 
     def __init__(self, elf: str | Path, target: str | Target = "cortex-m4",
                  max_instructions: int = DEFAULT_MAX_INSTRUCTIONS):
         self.target = get_target(target)
-        if self.target.arch != "arm":
-            raise ValueError(f"{self.target.name} is not a Cortex-M target")
+        if self.target.arch != self.ARCH:
+            raise ValueError(f"{self.target.name} is not a {type(self).__name__} target")
         self.elf = Path(elf)
         self.max_instructions = max_instructions
         self.symbols = read_symbols(self.elf)
@@ -96,9 +115,7 @@ class CortexM:
         # The return address: the last halfword of flash, which no ELF built here uses.
         self.sentinel = sym["__flash_end"] - 2
 
-        # Not UC_MODE_MCLASS: Unicorn 2.1 then forces a Cortex-M33 whatever model is set.
-        uc = unicorn.Uc(unicorn.UC_ARCH_ARM, unicorn.UC_MODE_THUMB)
-        uc.ctl_set_cpu_model(getattr(arm, self.target.unicorn_cpu))
+        uc = self._new_engine()
         uc.mem_map(*_page_span(sym["__flash_start"], sym["__flash_end"]))
         uc.mem_map(*_page_span(self.ram_start, self.ram_end))
         with open(self.elf, "rb") as f:
@@ -106,9 +123,15 @@ class CortexM:
                 if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:
                     continue
                 data = seg.data()
-                # Load address (flash image of .data) and run address (RAM, as after reset).
-                for addr in {seg["p_paddr"], seg["p_vaddr"]}:
-                    uc.mem_write(addr, data + bytes(seg["p_memsz"] - len(data)))
+                # The run address gets the whole segment (RAM as after reset: .data
+                # copied, .bss zeroed); the load address, if another, the bytes in the file
+                # (the flash image of .data; a .bss segment has none).
+                uc.mem_write(seg["p_vaddr"], data + bytes(seg["p_memsz"] - len(data)))
+                if seg["p_paddr"] != seg["p_vaddr"] and data:
+                    uc.mem_write(seg["p_paddr"], data)
+                if data and seg["p_paddr"] <= self.sentinel < seg["p_paddr"] + len(data):
+                    raise ValueError(f"{self.elf} fills its flash to the last halfword, "
+                                     "which the emulator needs as the return address")
         paint = np.full((self.stack_top - self.stack_low) // 4, PAINT, dtype="<u4").tobytes()
         uc.mem_write(self.stack_low, paint)
         self.ram_image = bytes(uc.mem_read(self.ram_start, self.ram_end - self.ram_start))
@@ -128,14 +151,15 @@ class CortexM:
         key = (address, size)
         n = self._block_sizes.get(key)
         if n is None:
-            n = self._block_sizes[key] = _thumb_count(bytes(uc.mem_read(address, size)))
+            n = self._block_sizes[key] = self._count_instructions(
+                bytes(uc.mem_read(address, size)))
         self._count += n
         if self._count > self.max_instructions:
             uc.emu_stop()
 
     def _on_code(self, uc: unicorn.Uc, _address: int, _size: int, _data: object) -> None:
         self._count += 1
-        sp = uc.reg_read(arm.UC_ARM_REG_SP)
+        sp = uc.reg_read(self.REGS[2])
         if sp < self._min_sp:
             self._min_sp = sp
         if self._count > self.max_instructions:
@@ -156,10 +180,10 @@ class CortexM:
         uc.mem_write(self.ram_start, self.ram_image)
         if input_bytes:
             uc.mem_write(in_addr, bytes(input_bytes))
-        entry = self.address(function) | 1
-        for reg, value in ((arm.UC_ARM_REG_R0, in_addr), (arm.UC_ARM_REG_R1, out_addr),
-                           (arm.UC_ARM_REG_SP, self.stack_top),
-                           (arm.UC_ARM_REG_LR, self.sentinel | 1)):
+        entry = self.address(function) | self.CODE_BIT
+        r_a0, r_a1, r_sp, r_ra, r_pc = self.REGS
+        for reg, value in ((r_a0, in_addr), (r_a1, out_addr), (r_sp, self.stack_top),
+                           (r_ra, self.sentinel | self.CODE_BIT)):
             uc.reg_write(reg, value)
         self._count = 0
         self._min_sp = self.stack_top
@@ -174,13 +198,13 @@ class CortexM:
         try:
             uc.emu_start(entry, self.sentinel)
         except unicorn.UcError as e:
-            pc = uc.reg_read(arm.UC_ARM_REG_PC)
+            pc = uc.reg_read(r_pc)
             raise EmulationError(f"{function} on {self.target.name}: {e} at pc={pc:#x} "
                                  f"after {self._count} instructions") from e
         finally:
             if hook is not None:
                 uc.hook_del(hook)
-        pc = uc.reg_read(arm.UC_ARM_REG_PC)
+        pc = uc.reg_read(r_pc)
         if pc != self.sentinel:
             raise EmulationError(f"{function} did not return within {self.max_instructions} "
                                  f"instructions (pc={pc:#x})")
@@ -190,7 +214,7 @@ class CortexM:
             stack = self.stack_top - self._min_sp
         if stack >= self.stack_top - self.stack_low:
             raise EmulationError(f"{function} overflowed the stack ({stack} bytes used)")
-        r0 = uc.reg_read(arm.UC_ARM_REG_R0)
+        r0 = uc.reg_read(r_a0)
         if function == "ebnn_run":  # returns nothing; the result is in ebnn_ret, if used
             ret_addr = self.symbols.get("ebnn_ret", (0, 0))[0]
             r0 = int.from_bytes(uc.mem_read(ret_addr, 4), "little") if ret_addr else 0
@@ -247,7 +271,7 @@ class CortexM:
         # RAM holds garbage at power-up: 0xFF bytes show that .bss really gets zeroed.
         uc.mem_write(self.ram_start, b"\xff" * (self.ram_end - self.ram_start))
         sp, reset = np.frombuffer(bytes(uc.mem_read(self.address("ebnn_vectors"), 8)), "<u4")
-        uc.reg_write(arm.UC_ARM_REG_SP, int(sp))
+        uc.reg_write(self.REGS[2], int(sp))
         self._count = 0
         hook = uc.hook_add(unicorn.UC_HOOK_BLOCK, self._on_block)
         try:

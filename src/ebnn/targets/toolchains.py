@@ -1,22 +1,40 @@
 """Targets, cross-compilation and ELF section sizes.
 
 A :class:`Target` names a compiler, its flags and the chip whose flash, RAM and clock
-the figures are reported against. :data:`TARGETS` holds the four targets ebnn measures:
+the figures are reported against. :data:`TARGETS` holds the six targets ebnn measures:
 
-| target          | compiler          | chip (board)                | flash   | RAM     | clock  |
-|-----------------|-------------------|-----------------------------|---------|---------|--------|
-| `host`          | gcc               | the build machine           | -       | -       | -      |
-| `cortex-m0plus` | arm-none-eabi-gcc | ATSAMD21G18A (Arduino Zero) | 256 KiB | 32 KiB  | 48 MHz |
-| `cortex-m4`     | arm-none-eabi-gcc | Nordic nRF52840             | 1 MiB   | 256 KiB | 64 MHz |
-| `atmega328p`    | avr-gcc           | ATmega328P (Arduino Uno)    | 32 KiB  | 2 KiB   | 16 MHz |
+| target          | compiler                | chip                | flash   | RAM     | clock   |
+|-----------------|-------------------------|---------------------|---------|---------|---------|
+| `host`          | gcc                     | the build machine   | -       | -       | -       |
+| `cortex-m0plus` | arm-none-eabi-gcc       | ATSAMD21G18A (Zero) | 256 KiB | 32 KiB  | 48 MHz  |
+| `cortex-m4`     | arm-none-eabi-gcc       | nRF52840            | 1 MiB   | 256 KiB | 64 MHz  |
+| `atmega328p`    | avr-gcc                 | ATmega328P (Uno)    | 32 KiB  | 2 KiB   | 16 MHz  |
+| `ch32v003`      | riscv64-unknown-elf-gcc | CH32V003            | 16 KiB  | 2 KiB   | 48 MHz  |
+| `esp32c3`       | riscv64-unknown-elf-gcc | ESP32-C3            | 4 MiB   | 384 KiB | 160 MHz |
 
 All microcontroller code is built with `-Os -ffunction-sections -fdata-sections` and
 linked with `-Wl,--gc-sections`, so unused functions and tables cost nothing. The Cortex-M
-targets are bare metal: :func:`build` adds ebnn's own vector table, reset handler and
-linker script (see :mod:`ebnn.targets.harness`) and links with `-nostartfiles` against
-newlib-nano (only for `memcpy`/`memset` and libgcc's helpers; there is no `printf`).
+and RISC-V targets are bare metal: :func:`build` adds ebnn's own start-up code and linker
+script (see :mod:`ebnn.targets.startup`) and links with `-nostartfiles` against
+newlib-nano (Cortex-M) or picolibc (RISC-V), only for `memcpy`/`memset` and libgcc's
+helpers; there is no `printf`.
 The Cortex-M4 uses `-mfloat-abi=soft`: ebnn's C is integer-only, and soft float needs no
 FPU start-up code. The ATmega328P uses avr-libc's normal start-up code.
+
+**RISC-V.** The CH32V003 (WCH QingKe V2A core) is built with `-march=rv32ec -mabi=ilp32e`:
+16 registers and no multiply or divide instruction, which the compiler respects (GCC
+synthesises constant multiplies from shifts and adds, and calls libgcc for the rest);
+:mod:`ebnn.targets.riscv` checks the ELF for instructions outside the chip's set. Its
+memory map is the chip's: 16 KiB of flash at 0x00000000 (where the core boots; the same
+flash appears at 0x08000000) and 2 KiB of SRAM at 0x20000000. The ESP32-C3 is built with
+`-march=rv32imc -mabi=ilp32` and modelled plainly, as one flash region and one RAM
+region: 4 MiB of flash (the ESP32-C3FH4's in-package flash, the size of the common
+modules) at 0x42000000, where the chip maps flash for instruction fetch, holding code and
+read-only data alike (the chip reads constants through a second mapping at 0x3C000000),
+and the 384 KiB of SRAM1 at its data address 0x3FC80000 (the other 16 KiB of the chip's
+400 KiB serve the flash cache). Neither ESP-IDF's image format and second-stage
+bootloader nor the ROM's use of RAM are modelled; the time figures assume every fetch
+hits the flash cache.
 
     from ebnn.targets import TARGETS, build, section_sizes
     res = build(["app.c"], ["include"], TARGETS["cortex-m4"], "build/m4")
@@ -40,16 +58,21 @@ from pathlib import Path
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
+from .startup import write_runtime
+
 _MCU_COMMON = ("-Os", "-std=c99", "-Wall", "-Wextra", "-ffunction-sections", "-fdata-sections")
+# picolibc (in the target's cflags, which also select its headers) for memcpy/memset only.
+_RISCV_LD = ("-nostartfiles", "-Wl,--gc-sections")
 
 
 @dataclass(frozen=True)
 class Target:
     """A compiler configuration plus the chip it stands for.
 
-    ``arch`` is ``"host"``, ``"arm"`` or ``"avr"``. ``flash_base``/``ram_base`` are the
-    Cortex-M memory map used by the generated linker script; ``unicorn_cpu`` names the
-    CPU model the emulator uses (see :mod:`ebnn.targets.cortexm`).
+    ``arch`` is ``"host"``, ``"arm"``, ``"avr"`` or ``"riscv"``. ``flash_base``/``ram_base``
+    are the memory map used by the generated linker script (Cortex-M, RISC-V);
+    ``unicorn_cpu`` names the CPU model the emulator uses (see
+    :mod:`ebnn.targets.cortexm` and :mod:`ebnn.targets.riscv`).
     """
 
     name: str
@@ -64,7 +87,7 @@ class Target:
     flash_base: int = 0
     ram_base: int = 0
     unicorn_cpu: str = ""
-    unit: str = ""  # what a run counts: "instructions" (Cortex-M) or "cycles" (AVR)
+    unit: str = ""  # what a run counts: "instructions" (Cortex-M, RISC-V), "cycles" (AVR)
 
     def available(self) -> bool:
         """True if this target's compiler is installed."""
@@ -73,9 +96,10 @@ class Target:
     def ms(self, count: float) -> float:
         """Milliseconds for ``count`` cycles at the chip's clock.
 
-        For Cortex-M, where the runner counts instructions, this assumes one cycle per
-        instruction and is therefore a lower bound (loads and taken branches take 2-3
-        cycles on a Cortex-M0+, 1-3 on a Cortex-M4).
+        For Cortex-M and RISC-V, where the runner counts instructions, this assumes one
+        cycle per instruction and is therefore a lower bound (loads and taken branches take
+        2-3 cycles on a Cortex-M0+, 1-3 on a Cortex-M4; the CH32V003 reads its flash with
+        a wait state at 48 MHz).
         """
         if not self.clock_hz:
             raise ValueError(f"target {self.name} has no clock")
@@ -104,6 +128,18 @@ TARGETS: dict[str, Target] = {
         ("-Wl,--gc-sections",),
         chip="Microchip ATmega328P (Arduino Uno)", flash_bytes=32 * 1024,
         ram_bytes=2 * 1024, clock_hz=16_000_000, unit="cycles"),
+    "ch32v003": Target(
+        "ch32v003", "riscv", "riscv64-unknown-elf-gcc",
+        ("-march=rv32ec", "-mabi=ilp32e", "--specs=picolibc.specs", *_MCU_COMMON),
+        _RISCV_LD, chip="WCH CH32V003 (RV32EC)", flash_bytes=16 * 1024,
+        ram_bytes=2 * 1024, clock_hz=48_000_000, flash_base=0x0000_0000,
+        ram_base=0x2000_0000, unicorn_cpu="UC_CPU_RISCV32_SIFIVE_E31", unit="instructions"),
+    "esp32c3": Target(
+        "esp32c3", "riscv", "riscv64-unknown-elf-gcc",
+        ("-march=rv32imc", "-mabi=ilp32", "--specs=picolibc.specs", *_MCU_COMMON),
+        _RISCV_LD, chip="Espressif ESP32-C3 (RV32IMC)", flash_bytes=4 * 1024 * 1024,
+        ram_bytes=384 * 1024, clock_hz=160_000_000, flash_base=0x4200_0000,
+        ram_base=0x3FC8_0000, unicorn_cpu="UC_CPU_RISCV32_SIFIVE_E31", unit="instructions"),
 }
 
 
@@ -174,15 +210,13 @@ def build(sources: Sequence[str | Path], include_dirs: Sequence[str | Path],
     which lets such code be linked for measuring only (check :meth:`BuildResult.fits`).
     Raises :class:`BuildError` when the compiler fails.
     """
-    from .harness import write_cortexm_runtime  # harness imports this module
-
     tgt = get_target(target)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     srcs = [str(s) for s in sources]
     ldflags = list(tgt.ldflags)
-    if tgt.arch == "arm":
-        startup, script = write_cortexm_runtime(tgt, out, oversize)
+    if tgt.arch in ("arm", "riscv"):
+        startup, script = write_runtime(tgt, out, oversize)
         srcs.append(str(startup))
         ldflags.append(f"-T{script}")
     if tgt.arch == "avr":
