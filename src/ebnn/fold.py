@@ -133,6 +133,8 @@ def load_integer_model(path: str | Path) -> IntegerModel:
     if is_model_file(path):
         return IntegerModel.load(path)
     ck = load_checkpoint(path)
-    return fold(ck.model, quantizer=ck.quantizer, class_names=ck.meta.get("class_names"),
-                meta={"source": Path(path).name, **{k: v for k, v in ck.meta.items()
-                                                    if isinstance(v, str | int | float)}})
+    names = ck.meta.get("class_names")
+    model = fold(ck.model, quantizer=ck.quantizer, class_names=names,
+                 meta={"source": Path(path).name, **{k: v for k, v in ck.meta.items()
+                                                     if isinstance(v, str | int | float)}})
+    return model.validate(str(path))
