@@ -36,6 +36,7 @@ count give the same weights.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -56,6 +57,7 @@ from .layers import sign
 from .model import BNN, build_model
 from .spec import ModelSpec
 from .summary import summarize
+from .train_checks import NonFiniteLossError, check_before_training, check_finite
 
 LOSSES = ("cross-entropy", "squared-hinge")
 LR_DECAYS = ("cosine", "exponential", "none")
@@ -98,8 +100,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2:
             raise ValueError(f"batch size must be at least 2 (batch norm), got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"learning rate must be finite and positive, got {self.lr}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
         if self.lr_decay not in LR_DECAYS:
@@ -111,7 +113,7 @@ class TrainConfig:
             raise ValueError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
         if self.augment_shift < 0:
             raise ValueError(f"augment shift must be >= 0, got {self.augment_shift}")
-        if self.early_exit_reg < 0:
+        if not (math.isfinite(self.early_exit_reg) and self.early_exit_reg >= 0):
             raise ValueError(f"early-exit regularisation must be >= 0, got {self.early_exit_reg}")
 
     def run_key(self) -> dict[str, Any]:
@@ -281,7 +283,10 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
     cfg = config
     out, last = Path(out), last_path(out)
     say = log or (lambda _msg: None)
+    if out.is_dir():
+        raise ValueError(f"{out} is a directory; give the checkpoint a file name")
     check_data(spec, train_ds, "training")
+    check_before_training(spec, train_ds, cfg)
     if val_ds is not None and len(val_ds) == 0:
         val_ds = None
     if val_ds is not None:
@@ -365,10 +370,11 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
             else:
                 scores = model(xb)
                 loss = _loss(cfg.loss, scores, yb)
+            value = check_finite(loss.item(), epoch + 1, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total_loss += loss.item() * len(idx)
+            total_loss += value * len(idx)
             correct += int((scores.argmax(1) == yb).sum())
             seen += len(idx)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
@@ -381,6 +387,10 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
                   "val_accuracy": val["accuracy"] if val else None,
                   "val_loss": val["loss"] if val else None, "lr": lr,
                   "seconds": time.perf_counter() - t0}
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise NonFiniteLossError(f"training diverged in epoch {epoch + 1}: the weights "
+                                     f"are no longer finite; lower --lr (now {cfg.lr}). "
+                                     f"Nothing of this epoch was saved")
         history.append(record)
         # Ties go to the later epoch (lower learning rate); without validation: the latest.
         if val is None or val["accuracy"] >= best_acc:
