@@ -242,3 +242,18 @@ def test_train_killed_while_writing_resumes_to_the_same_model(tmp_path):
     assert ebnn(*args, "--out", str(out), timeout=300).returncode == 0
     a, b = load_checkpoint(ref).model.state_dict(), load_checkpoint(out).model.state_dict()
     assert all(bool((a[k] == b[k]).all()) for k in a)
+
+
+def test_export_into_a_project_directory_keeps_its_folders(models, exports, tmp_path):
+    """A target with folders of its own is updated file by file (nothing copied, nothing
+    of the user's touched)."""
+    from ebnn.codegen import export_c
+
+    out = tmp_path / "project"
+    write_set(out, exports["a"])
+    (out / "src").mkdir()
+    (out / "src" / "main.c").write_text("int main(void) { return 0; }\n")
+    export_c(IntegerModel.load(models["b"]), out)
+    assert snapshot(out) == exports["b"]
+    assert (out / "src" / "main.c").read_text() == "int main(void) { return 0; }\n"
+    assert not stale_temporaries(out)

@@ -6,7 +6,9 @@ any point leaves either the old complete output or the new complete one.
 * :func:`staged_directory` builds a whole directory (a C export, an Arduino library)
   beside its target and swaps it in with one atomic ``renameat2(RENAME_EXCHANGE)``
   (where the file system lacks it: two renames, with the old directory kept until the
-  new one is in place).
+  new one is in place). Files of yours in the target are kept; a target that holds
+  folders of its own (a project directory) is updated file by file instead, each file
+  atomic (see :func:`publish_directory`).
 
 Outputs get the permissions a plain ``open()`` would give (``0666`` / ``0777`` less the
 umask), not the ``0600`` of a temporary file. A target that is read-only is refused with
@@ -139,14 +141,11 @@ def remove_stale_temporaries(out: str | Path) -> None:
 
 
 def _carry_over(old: Path, new: Path) -> None:
-    """Give ``new`` every entry of ``old`` it does not have itself (hard links where the
+    """Give ``new`` every file of ``old`` it does not have itself (hard links where the
     file system allows), so files ebnn did not write survive the swap."""
     for entry in old.iterdir():
         target = new / entry.name
         if target.exists() or target.is_symlink():
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, target, symlinks=True)
             continue
         try:
             os.link(entry, target, follow_symlinks=False)
@@ -154,13 +153,39 @@ def _carry_over(old: Path, new: Path) -> None:
             shutil.copy2(entry, target, follow_symlinks=False)
 
 
+def _swappable(staging: Path, out: Path) -> bool:
+    """Whether ``out`` can be replaced as a whole: it holds no directory of its own that
+    the new set lacks (those would have to be copied) and is not where we run."""
+    cwd = os.getcwd()
+    if cwd == str(out) or cwd.startswith(str(out) + os.sep):
+        return False
+    return not any(e.is_dir() and not e.is_symlink() and not (staging / e.name).exists()
+                   for e in out.iterdir())
+
+
+def _publish_files(staging: Path, out: Path) -> None:
+    """File by file, each atomic: for a directory that also holds other folders."""
+    for path in sorted(staging.iterdir()):
+        target = out / path.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(path, target)
+        fault_point("publish:file")
+    _fsync_dir(out)
+    staging.rmdir()
+
+
 def publish_directory(staging: Path, out: Path, keep_others: bool = True) -> None:
     """Put the finished directory ``staging`` at ``out`` in one atomic step.
 
     With ``keep_others`` the entries of an existing ``out`` that ``staging`` does not
-    replace are kept; without it ``out`` becomes exactly ``staging``.
+    replace are kept (files are hard-linked into the new directory before the swap); a
+    directory ``out`` that holds folders of its own, or the working directory, is updated
+    file by file instead (each file atomic, the set not). Without ``keep_others`` ``out``
+    becomes exactly ``staging``.
     """
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    out = Path(os.path.abspath(out))
+    if out.exists() and not out.is_dir():
         raise OutputError(f"{out} exists and is not a directory")
     if not out.exists():
         fault_point("publish:before-rename")
@@ -169,6 +194,9 @@ def publish_directory(staging: Path, out: Path, keep_others: bool = True) -> Non
         return
     check_writable(out)
     if keep_others:
+        if not _swappable(staging, out):
+            _publish_files(staging, out)
+            return
         _carry_over(out, staging)
     os.chmod(staging, stat.S_IMODE(out.stat().st_mode))
     fault_point("publish:before-swap")
@@ -198,8 +226,9 @@ def staged_directory(out: str | Path, keep_others: bool = True) -> Iterator[Path
     ``.out.*.tmp`` directory may remain; the next locked writer removes it). See
     :func:`publish_directory` for ``keep_others``.
     """
-    out = Path(out)
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    # "." and "build/" get a name and a parent; a link to a directory means that directory
+    out = Path(os.path.realpath(out) if Path(out).is_symlink() else os.path.abspath(out))
+    if out.exists() and not out.is_dir():
         raise OutputError(f"{out} exists and is not a directory")
     check_writable(out)
     out.parent.mkdir(parents=True, exist_ok=True)

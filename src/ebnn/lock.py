@@ -28,7 +28,7 @@ class OutputBusyError(OutputError):
 
 def lock_path(out: str | Path) -> Path:
     """Where the lock of ``out`` lives: ``out`` + ``.lock`` (a trailing ``/`` ignored)."""
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # "." and "dir/" have a name
     return out.with_name(out.name + ".lock")
 
 
