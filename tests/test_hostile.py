@@ -41,7 +41,7 @@ def error_line(capsys, argv: list[str], *words: str) -> str:
 
 @pytest.mark.parametrize("extra,words", [
     (["--lr", "inf"], "--lr"), (["--lr", "nan"], "--lr"), (["--lr", "0"], "--lr"),
-    (["--lr", "-1e-3"], "--lr"), (["--epochs", "0"], "--epochs"),
+    (["--lr=-1e-3"], "--lr"), (["--epochs", "0"], "--epochs"),
     (["--augment-shift", "-1"], "--augment-shift"), (["--early-exit-reg", "nan"], "--early"),
     (["--early-exit-reg", "-1"], "--early"), (["--val-fraction", "1.5"], "--val-fraction"),
     (["--batch-size", "1"], "--batch-size"), (["--threads", "-2"], "--threads"),

@@ -31,14 +31,17 @@ _INT_RANGES = {
     "jobs": (1, "at least 1"), "trials": (1, "at least 1"), "workers": (1, "at least 1"),
 }
 _FLOAT_RANGES = {
-    "lr": (0.0, False, "a finite number > 0"),
+    "lr": (0.0, False, "positive and finite"),
     "early_exit_reg": (0.0, True, "a finite number >= 0"),
     "val_fraction": (0.0, True, "a finite number in [0, 1)"),
 }
 
 
 def _option(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    """``--lr: learning rate``, ``--batch-size: batch size``: the option and what it sets."""
+    what = {"lr": "learning rate", "early_exit_reg": "early-exit regularisation",
+            "images": "image count", "jobs": "job count"}.get(name, name.replace("_", " "))
+    return f"--{name.replace('_', '-')}: {what}"
 
 
 def check_numbers(args: argparse.Namespace) -> None:
