@@ -328,3 +328,11 @@ def test_bad_checkpoints_are_refused(tmp_path, edit, quantizer, words):
 def test_good_checkpoint_folds_to_a_valid_model(tmp_path):
     model = load_integer_model(_checkpoint(tmp_path))
     assert model.validate() is model
+
+
+def test_folding_non_finite_weights_is_refused():
+    model = calibrated_random_model(ModelSpec.from_dict(SPEC), seed=4)
+    with torch.no_grad():
+        model.blocks[1].linear.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        fold(model)

@@ -93,6 +93,10 @@ def fold(model: BNN, meta: dict | None = None,
          quantizer: dict | None = None, class_names: list[str] | None = None) -> IntegerModel:
     """Fold a trained network (eval-mode statistics) into an :class:`IntegerModel`."""
     spec = model.spec
+    from .validate import validate_checkpoint_state
+
+    # NaN or infinite weights would fold into arbitrary bits without a word.
+    validate_checkpoint_state(model.state_dict(), quantizer, math.prod(spec.input_shape))
     offsets = model.input_offset.detach().numpy().round().astype(np.int64)
     input_scale = float(model.input_scale)
     layers: list[IntLayer] = []
