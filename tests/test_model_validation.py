@@ -280,18 +280,22 @@ def test_inconsistent_files_are_refused(valid_model, change, words):
         IntegerModel.from_bytes(_with(valid_model, change), "bad.ebnn")
 
 
-def test_cli_refuses_a_crafted_file_in_one_line(valid_model, tmp_path):
+def test_cli_refuses_a_crafted_file_in_one_line(valid_model, tmp_path, capsys):
+    from ebnn.cli import main
+
     bad = tmp_path / "bad.ebnn"
     bad.write_bytes(_with(valid_model, lambda m, a: m.update(classes=5)))
-    for args in (["export", str(bad), "--out", str(tmp_path / "c")],
-                 ["summary", str(bad)], ["eval", str(bad), "--data", "digits"]):
-        proc = subprocess.run([sys.executable, "-m", "ebnn.cli", *args],
-                              capture_output=True, text=True,
-                              timeout=120)
-        assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.startswith("ebnn: error: ") and proc.stderr.count("\n") == 1, \
-            proc.stderr
-        assert "classes" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "ebnn.cli", "export", str(bad), "--out",
+                           str(tmp_path / "c")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("ebnn: error: ") and proc.stderr.count("\n") == 1, \
+        proc.stderr
+    assert "classes" in proc.stderr
+    for args in (["summary", str(bad)], ["eval", str(bad), "--data", "digits"],
+                 ["eval", str(bad), "--data", "digits", "--engine", "c"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ebnn: error: ") and err.count("\n") == 1 and "classes" in err
     assert not (tmp_path / "c").exists()
 
 

@@ -41,6 +41,15 @@ def ebnn(*args: str, fault: str | None = None, timeout: float = 120
                           text=True, env=env, timeout=timeout)
 
 
+def cli_error(capsys, argv: list[str], words: str) -> None:
+    """``ebnn ARGV`` in this process: exit 2 and one line naming ``words``."""
+    from ebnn.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ebnn: error: ") and err.count("\n") == 1 and words in err, err
+
+
 def one_line_error(proc: subprocess.CompletedProcess, words: str) -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("ebnn: error: ") and proc.stderr.count("\n") == 1, proc.stderr
@@ -92,35 +101,35 @@ def test_files_get_the_umask_permissions(tmp_path, mask, mode):
     assert (tmp_path / "d" / "g").stat().st_mode & 0o777 == mode
 
 
-def test_read_only_targets_are_refused(models, tmp_path):
+def test_read_only_targets_are_refused(models, tmp_path, capsys):
     target = tmp_path / "m.ebnn"
     target.write_bytes(b"keep me")
     target.chmod(0o444)
-    one_line_error(ebnn("fold", str(models["a"]), "--out", str(target)), "read-only")
+    cli_error(capsys, ["fold", str(models["a"]), "--out", str(target)], "read-only")
     assert target.read_bytes() == b"keep me"
     with pytest.raises(OutputError, match="read-only"):
         IntegerModel.load(models["a"]).save(target)
     out = tmp_path / "c"
     out.mkdir()
     out.chmod(0o555)
-    one_line_error(ebnn("export", str(models["a"]), "--out", str(out)), "read-only")
+    cli_error(capsys, ["export", str(models["a"]), "--out", str(out)], "read-only")
     assert list(out.iterdir()) == []
 
 
-def test_outputs_of_the_wrong_kind_are_refused_before_work(models, tmp_path):
+def test_outputs_of_the_wrong_kind_are_refused_before_work(models, tmp_path, capsys):
     (tmp_path / "dir.pt").mkdir()
     t0 = time.monotonic()
     one_line_error(ebnn("train", "--data", "digits", "--model", "digits", "--epochs", "50",
                         "--out", str(tmp_path / "dir.pt")), "directory")
     assert time.monotonic() - t0 < 60  # refused before loading data or training
-    one_line_error(ebnn("fold", str(models["a"]), "--out", str(tmp_path / "dir.pt")),
-                   "directory")
+    cli_error(capsys, ["fold", str(models["a"]), "--out", str(tmp_path / "dir.pt")],
+              "directory")
     (tmp_path / "file").write_text("x")
-    one_line_error(ebnn("export", str(models["a"]), "--out", str(tmp_path / "file")), "file")
+    cli_error(capsys, ["export", str(models["a"]), "--out", str(tmp_path / "file")], "file")
 
 
 # ---- one writer ---------------------------------------------------------------------------
-def test_a_second_writer_is_refused_naming_the_first(models, tmp_path):
+def test_a_second_writer_is_refused_naming_the_first(models, tmp_path, capsys):
     out = tmp_path / "m.ebnn"
     with output_lock(out):
         assert lock_path(out).read_text().strip() == str(os.getpid())
@@ -128,10 +137,12 @@ def test_a_second_writer_is_refused_naming_the_first(models, tmp_path):
             with output_lock(out):
                 pass
         one_line_error(ebnn("fold", str(models["a"]), "--out", str(out)), f"pid {os.getpid()}")
-        one_line_error(ebnn("export", str(models["a"]), "--out", str(out)), "another")
+        cli_error(capsys, ["export", str(models["a"]), "--out", str(out)], "another")
         assert not out.exists()
     assert not lock_path(out).exists()
-    assert ebnn("fold", str(models["a"]), "--out", str(out)).returncode == 0
+    from ebnn.cli import main
+
+    assert main(["fold", str(models["a"]), "--out", str(out)]) == 0
 
 
 def test_a_lock_left_by_a_killed_writer_does_not_block(models, tmp_path):
