@@ -1,8 +1,8 @@
 """What the command line checks and holds before a command does any work.
 
-:func:`output_guard` range-checks the numeric options (a learning rate of ``inf``, a
-negative image count or a shift beyond the image are errors, not silent surprises),
-checks the output path (an existing directory given as a checkpoint file, a read-only
+:func:`output_guard` range-checks the numeric options (a learning rate of ``inf`` or a
+negative image count are errors, not silent surprises), checks ``--device`` and
+``--storage``, checks the output path (an existing directory given as a checkpoint file, a read-only
 file) and takes the output's lock (:mod:`ebnn.lock`), all before data is read or a model
 is built. :func:`interrupt_on_sigterm` makes SIGTERM stop a command the way Ctrl-C does:
 promptly, through the same cleanup, with the same message.
@@ -84,6 +84,27 @@ def check_device(device: str) -> None:
     raise ValueError(f"--device {device}: not available in this PyTorch build")
 
 
+STORAGE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
+
+
+def check_storage_url(url: str) -> None:
+    """Raise ``ValueError`` unless ``url`` is a database URL Optuna can open,
+    ``SCHEME[+DRIVER]://...`` with SCHEME one of :data:`STORAGE_SCHEMES` (and DRIVER, if
+    named, installed). The message never repeats the URL's password."""
+    import importlib.util
+
+    scheme, sep, _ = url.partition("://")
+    dialect, _, driver = scheme.partition("+")
+    if not sep or dialect.lower() not in STORAGE_SCHEMES:
+        shown = scheme if sep else url.split("@")[-1]
+        raise ValueError(f"--storage {shown!r}: not a database URL; use sqlite:///PATH or "
+                         "postgresql://USER:PASS@HOST/DB (schemes: "
+                         f"{', '.join(STORAGE_SCHEMES)})")
+    if driver and (not driver.isidentifier() or importlib.util.find_spec(driver) is None):
+        raise ValueError(f"--storage {scheme}://...: the database driver {driver!r} is not "
+                         "installed")
+
+
 def check_output(args: argparse.Namespace) -> None:
     """The output named by ``--out`` can be written as the command will write it."""
     out = getattr(args, "out", None)
@@ -109,6 +130,8 @@ def output_guard(args: argparse.Namespace, locked: tuple[str, ...]) -> Iterator[
     check_numbers(args)
     if getattr(args, "device", None) is not None and args.command == "train":
         check_device(args.device)
+    if getattr(args, "storage", None) is not None:
+        check_storage_url(args.storage)
     check_output(args)
     out = getattr(args, "out", None)
     if args.command in locked and out is not None:

@@ -57,7 +57,7 @@ from .layers import sign
 from .model import BNN, build_model
 from .spec import ModelSpec
 from .summary import summarize
-from .train_checks import NonFiniteLossError, check_before_training, check_finite
+from .train_checks import check_before_training, check_finite_epoch
 
 LOSSES = ("cross-entropy", "squared-hinge")
 LR_DECAYS = ("cosine", "exponential", "none")
@@ -283,10 +283,8 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
     cfg = config
     out, last = Path(out), last_path(out)
     say = log or (lambda _msg: None)
-    if out.is_dir():
-        raise ValueError(f"{out} is a directory; give the checkpoint a file name")
     check_data(spec, train_ds, "training")
-    check_before_training(spec, train_ds, cfg)
+    check_before_training(spec, train_ds, cfg, out)
     if val_ds is not None and len(val_ds) == 0:
         val_ds = None
     if val_ds is not None:
@@ -370,11 +368,10 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
             else:
                 scores = model(xb)
                 loss = _loss(cfg.loss, scores, yb)
-            value = check_finite(loss.item(), epoch + 1, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total_loss += value * len(idx)
+            total_loss += loss.item() * len(idx)
             correct += int((scores.argmax(1) == yb).sum())
             seen += len(idx)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
@@ -387,10 +384,7 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
                   "val_accuracy": val["accuracy"] if val else None,
                   "val_loss": val["loss"] if val else None, "lr": lr,
                   "seconds": time.perf_counter() - t0}
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise NonFiniteLossError(f"training diverged in epoch {epoch + 1}: the weights "
-                                     f"are no longer finite; lower --lr (now {cfg.lr}). "
-                                     f"Nothing of this epoch was saved")
+        check_finite_epoch(model, total_loss, epoch + 1, cfg)  # before anything is saved
         history.append(record)
         # Ties go to the later epoch (lower learning rate); without validation: the latest.
         if val is None or val["accuracy"] >= best_acc:

@@ -5,9 +5,10 @@
   their gradients and Adam's two moments, plus the activations of one batch) against the
   memory this machine has, before any tensor is allocated: a spec with a 2,000,000-unit
   dense layer is refused in milliseconds instead of swapping for minutes.
-* :func:`check_finite`: a loss that is NaN or infinite (a learning rate far too high, a
-  diverged run) stops training at once with :class:`NonFiniteLossError`; nothing of the
-  failed epoch is saved, so the best model and the resumable state stay the last good ones.
+* :func:`check_finite_epoch`: a loss, weight or statistic that is NaN or infinite (a
+  learning rate far too high, a diverged run) stops training at the end of that epoch
+  with :class:`NonFiniteLossError`, before anything is saved, so the best model and the
+  resumable state stay those of the last good epoch.
 """
 
 from __future__ import annotations
@@ -32,14 +33,22 @@ class NonFiniteLossError(ValueError):
     """Training produced a NaN or infinite loss or weights."""
 
 
-def check_finite(value: float, epoch: int, config: Any) -> float:
-    """``value`` if it is a finite loss, else raise :class:`NonFiniteLossError`."""
-    if not math.isfinite(value):
+def check_finite_epoch(model: Any, total_loss: float, epoch: int, config: Any) -> None:
+    """Raise :class:`NonFiniteLossError` if the epoch's summed loss or any weight or
+    batch-norm statistic of ``model`` is NaN or infinite (call it before saving)."""
+    import torch
+
+    what = None
+    if not math.isfinite(total_loss):
+        what = f"the loss is {total_loss}"
+    elif not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
+                 if t.is_floating_point()):
+        what = "the weights are no longer finite"
+    if what:
         raise NonFiniteLossError(
-            f"training diverged: the loss is {value} in epoch {epoch}; lower --lr (now "
-            f"{config.lr}). Nothing of this epoch was saved; the best model and the "
-            "resumable state are those of the last good epoch")
-    return value
+            f"training diverged in epoch {epoch}: {what}; lower --lr (now {config.lr}). "
+            "Nothing of this epoch was saved: the best model and the resumable state are "
+            "those of the last good epoch")
 
 
 def estimate_training_bytes(spec: ModelSpec, batch_size: int) -> int:
@@ -84,8 +93,12 @@ def _size(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def check_before_training(spec: ModelSpec, train_ds: Any, config: Any) -> None:
-    """Raise ``ValueError`` for settings that do not fit the data or the machine."""
+def check_before_training(spec: ModelSpec, train_ds: Any, config: Any,
+                          out: str | Path | None = None) -> None:
+    """Raise ``ValueError`` for settings that do not fit the data or the machine, or an
+    ``out`` that names a directory."""
+    if out is not None and Path(out).is_dir():
+        raise ValueError(f"{out} is a directory; give the checkpoint a file name")
     _, h, w = spec.input_shape
     if config.augment_shift and config.augment_shift >= min(h, w):
         raise ValueError(f"--augment-shift {config.augment_shift} must be smaller than the "

@@ -153,8 +153,6 @@ class SearchConfig:
             raise ValueError(f"unknown sampler {self.sampler!r}; use one of {SAMPLERS}")
         if self.word_bits is not None and self.word_bits not in (8, 16, 32):
             raise ValueError(f"--word-bits must be 8, 16 or 32, got {self.word_bits}")
-        if self.storage is not None:
-            check_storage_url(self.storage)
         self.budget()  # raises BudgetError for bad budgets
 
     def budget(self) -> Budget:
@@ -194,30 +192,6 @@ class SearchResult:
     trained: int
     seconds: float
     paths: dict[str, Path] = field(default_factory=dict)
-
-
-STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
-
-
-def check_storage_url(url: str) -> None:
-    """Raise ``ValueError`` unless ``url`` is an RDB URL Optuna can open
-    (``SCHEME[+DRIVER]://...``, SCHEME one of :data:`STORAGE_SCHEMES`) whose driver is
-    installed."""
-    import importlib.util
-
-    scheme, sep, _ = url.partition("://")
-    dialect, _, driver = scheme.partition("+")
-    if not sep or dialect.lower() not in STORAGE_SCHEMES:
-        shown = scheme if sep else url.split("@")[-1]  # never a password
-        raise ValueError(f"--storage {shown!r}: not a database URL; use sqlite:///PATH or "
-                         "postgresql://USER:PASS@HOST/DB (schemes: "
-                         f"{', '.join(STORAGE_SCHEMES)})")
-    drivers = {"postgresql": "psycopg2", "mysql": "MySQLdb",
-               "mariadb": "MySQLdb"}
-    module = driver or drivers.get(dialect.lower())
-    if module and module.isidentifier() and importlib.util.find_spec(module) is None:
-        raise ValueError(f"--storage {url.split('@')[-1]!r}: the database driver "
-                         f"{module!r} is not installed (pip install {module})")
 
 
 # ---- storage and study ------------------------------------------------------------------
