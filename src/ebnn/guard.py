@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -134,7 +135,8 @@ def output_guard(args: argparse.Namespace, locked: tuple[str, ...]) -> Iterator[
         check_storage_url(args.storage)
     check_output(args)
     out = getattr(args, "out", None)
-    if args.command in locked and out is not None:
+    # Under torchrun every rank runs the same command line, and only rank 0 writes files.
+    if args.command in locked and out is not None and os.environ.get("RANK", "0") == "0":
         with output_lock(out):
             yield
     else:
@@ -144,12 +146,17 @@ def output_guard(args: argparse.Namespace, locked: tuple[str, ...]) -> Iterator[
 @contextlib.contextmanager
 def interrupt_on_sigterm() -> Iterator[None]:
     """Within the block, SIGTERM raises ``KeyboardInterrupt`` (as Ctrl-C does), so
-    ``finally`` blocks run, temporary files go and the lock is released."""
-    if threading.current_thread() is not threading.main_thread():
+    ``finally`` blocks run, temporary files go and the lock is released. A second SIGTERM
+    kills at once (Python runs the handler only between bytecodes, so a process stuck in
+    a long native call would otherwise wait). Not in the processes of a torchrun launch,
+    whose ranks block in collectives and which torchrun stops itself."""
+    if threading.current_thread() is not threading.main_thread() or \
+            os.environ.get("WORLD_SIZE", "1") != "1":
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, handler)
