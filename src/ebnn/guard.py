@@ -45,8 +45,15 @@ def _option(name: str) -> str:
     return f"--{name.replace('_', '-')}: {what}"
 
 
+#: The commands whose options and outputs this module checks (others check their own).
+FILE_OUTPUTS = ("train", "fold")
+DIR_OUTPUTS = ("export", "build", "bench", "search")
+
+
 def check_numbers(args: argparse.Namespace) -> None:
     """Raise ``ValueError`` for a numeric option outside its range (see the tables above)."""
+    if args.command not in FILE_OUTPUTS + DIR_OUTPUTS:
+        return
     for name, (lo, what) in _INT_RANGES.items():
         v = getattr(args, name, None)
         if isinstance(v, int) and v < lo:
@@ -112,7 +119,7 @@ def check_output(args: argparse.Namespace) -> None:
     if out is None:
         return
     out = Path(out)
-    if args.command in ("train", "fold"):
+    if args.command in FILE_OUTPUTS:
         if out.is_dir():
             raise OutputError(f"--out {out} is a directory; give a file name such as "
                               f"{out / ('model.pt' if args.command == 'train' else 'model.ebnn')}")
@@ -121,7 +128,7 @@ def check_output(args: argparse.Namespace) -> None:
             from .train import last_path
 
             check_writable(last_path(out))
-    elif out.exists() and not out.is_dir():
+    elif args.command in DIR_OUTPUTS and out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; give a directory")
 
 
@@ -131,7 +138,7 @@ def output_guard(args: argparse.Namespace, locked: tuple[str, ...]) -> Iterator[
     check_numbers(args)
     if getattr(args, "device", None) is not None and args.command == "train":
         check_device(args.device)
-    if getattr(args, "storage", None) is not None:
+    if args.command == "search" and getattr(args, "storage", None) is not None:
         check_storage_url(args.storage)
     check_output(args)
     out = getattr(args, "out", None)
