@@ -213,7 +213,7 @@ def test_train_rejects_data_of_another_shape(digits, tmp_path):
 def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     model = build_model(SPEC, offset=[3], scale=2.5)
-    q = FeatureQuantizer(mean=[0.5], std=[2.0])
+    q = FeatureQuantizer(mean=[0.5] * 64, std=[2.0] * 64)  # one per input value
     history = [{"epoch": 1, "loss": 0.5}]
     path = tmp_path / "sub" / "m.pt"
     save_checkpoint(path, model, quantizer=q, meta={"data": "x"}, history=history)

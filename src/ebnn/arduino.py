@@ -32,8 +32,8 @@ of what the Arduino core itself uses (``Serial`` alone takes about 180 bytes of 
 
 from __future__ import annotations
 
+import io
 import re
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -42,6 +42,7 @@ import numpy as np
 from . import __version__
 from .codegen import c_name, export_c
 from .deploy import IntegerModel
+from .fileio import atomic_write_bytes, staged_directory
 from .mcu import TARGET_DEFAULTS
 
 EXAMPLE = "classify"
@@ -150,15 +151,25 @@ def export_arduino(model: IntegerModel | str | Path, out_dir: str | Path, *,
     C prefix (default from the model's name); ``target`` picks the word size
     (:data:`ebnn.mcu.TARGET_DEFAULTS`) unless ``word_bits`` is given.
     """
-    from . import engine
     from .mcu import _as_model
 
     model = _as_model(model)
     cname = c_name(name or model.name)
     wb = word_bits or TARGET_DEFAULTS[target].word_bits
-    lib = Path(out_dir) / cname
-    if lib.exists():
-        shutil.rmtree(lib)  # a re-export must not keep files of an older one
+    final = Path(out_dir) / cname
+    # Built beside the library and swapped in whole (a re-export keeps no file of an older
+    # one, and a kill leaves the old library or the new one).
+    with staged_directory(final, keep_others=False) as lib:
+        _write_library(model, lib, cname, wb, target, example_image)
+        if zip_file:
+            _zip(lib, final.with_suffix(".zip"), cname)
+    return final
+
+
+def _write_library(model: IntegerModel, lib: Path, cname: str, wb: int, target: str,
+                   example_image: np.ndarray | None) -> None:
+    from . import engine
+
     ex = export_c(model, lib / "src", name=cname, word_bits=wb, target=target)
     block = _POPCOUNT_BLOCK.format(
         avr="EBNN_POPCOUNT_" + TARGET_DEFAULTS["atmega328p"].popcount.upper(),
@@ -191,22 +202,19 @@ def export_arduino(model: IntegerModel | str | Path, out_dir: str | Path, *,
     (sketch_dir / f"{EXAMPLE}.ino").write_text(_SKETCH.format(
         example=EXAMPLE, version=__version__, title=_one_line(model.name), name=cname,
         up=cname.upper()))
-    if zip_file:
-        _zip(lib, lib.with_suffix(".zip"))
-    return lib
 
 
 def _one_line(text: str) -> str:
     return re.sub(r"[\s*/\"]+", " ", str(text)).strip()
 
 
-def _zip(folder: Path, path: Path) -> Path:
-    """Zip ``folder`` with itself as the top-level directory (what the Arduino IDE's
-    *Add .ZIP Library* expects)."""
-    tmp = path.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+def _zip(folder: Path, path: Path, top: str) -> Path:
+    """Zip ``folder`` with ``top`` as the top-level directory (what the Arduino IDE's
+    *Add .ZIP Library* expects), written atomically."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in sorted(folder.rglob("*")):
             if f.is_file():
-                zf.write(f, f.relative_to(folder.parent).as_posix())
-    tmp.replace(path)
+                zf.write(f, (Path(top) / f.relative_to(folder)).as_posix())
+    atomic_write_bytes(path, buf.getvalue())
     return path

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import torch
 from .fileio import atomic_write_bytes
 from .model import BNN, build_model
 from .spec import ModelSpec, SpecError
+from .validate import validate_checkpoint_state
 
 FORMAT = "ebnn-checkpoint"
 VERSION = 1
@@ -107,11 +109,20 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint version {version!r} is newer than this "
                               f"ebnn supports ({VERSION}); upgrade ebnn")
     try:
+        if not isinstance(payload.get("spec"), dict) or \
+                not isinstance(payload.get("state_dict"), dict):
+            raise SpecError("spec and state_dict must be mappings")
         spec = ModelSpec.from_dict(payload["spec"])
         model = build_model(spec)
         model.load_state_dict(payload["state_dict"])
-    except (KeyError, RuntimeError, SpecError) as e:
-        first = str(e).strip().splitlines()[0]
+        # Shapes match the spec (load_state_dict checked them); now the values.
+        validate_checkpoint_state(payload["state_dict"], payload.get("quantizer"),
+                                  math.prod(spec.input_shape))
+        if not isinstance(payload.get("meta") or {}, dict) or \
+                not isinstance(payload.get("history") or [], list):
+            raise SpecError("meta must be a mapping and history a list")
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path}: damaged checkpoint ({first})") from e
     model.eval()
     return Checkpoint(path=path, model=model, quantizer=payload.get("quantizer"),

@@ -449,10 +449,17 @@ def cmd_data_download(args: argparse.Namespace) -> int:
     return 0
 
 
+# Commands whose --out gets a lock file: one writer per output (ebnn.lock).
+LOCKED_COMMANDS = ("train", "export", "fold", "search")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .guard import interrupt_on_sigterm, output_guard
+
     try:
-        return args.func(args)
+        with interrupt_on_sigterm(), output_guard(args, LOCKED_COMMANDS):
+            return args.func(args)
     except USER_ERRORS as e:
         msg = " ".join(str(e).split()) or type(e).__name__
         _err(f"ebnn: error: {msg}")

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import struct
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,13 @@ class IntegerModel:
     class_names: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def validate(self, source: str = "model") -> IntegerModel:
+        """Check the model against itself (:func:`ebnn.validate.validate_integer_model`);
+        raises :class:`ModelFileError`, returns the model with canonical dtypes."""
+        from .validate import validate_integer_model
+
+        return validate_integer_model(self, source)
+
     # ---- (de)serialisation ----------------------------------------------------------
     def to_bytes(self) -> bytes:
         arrays: dict[str, np.ndarray] = {"input_offset": np.asarray(self.input_offset, np.int32)}
@@ -137,25 +145,66 @@ class IntegerModel:
             raise ModelFileError(f"{source}: checksum mismatch: the file is corrupted or "
                                  "was modified")
         try:
+            model = cls._parse(payload)
+        except ModelFileError as e:
+            raise ModelFileError(f"{source}: malformed model payload: {e}") from None
+        # The checksum passed, which a modified payload signed again also does: check
+        # the model against itself before anything sizes a buffer from it.
+        from .validate import validate_integer_model
+
+        return validate_integer_model(model, source)
+
+    @classmethod
+    def _parse(cls, payload: bytes) -> IntegerModel:
+        """The model in a payload, with every field's JSON type checked (values are
+        checked by :func:`ebnn.validate.validate_integer_model`)."""
+        try:
+            with zipfile.ZipFile(io.BytesIO(payload)) as zf:
+                # Section 8: an uncompressed archive, so no member can expand beyond the
+                # file's own size.
+                if any(info.compress_type != zipfile.ZIP_STORED for info in zf.infolist()):
+                    raise ModelFileError("compressed members (the format stores them "
+                                         "uncompressed)")
             npz = np.load(io.BytesIO(payload), allow_pickle=False)
-            meta = json.loads(npz["meta"].tobytes().decode())
+            meta = json.loads(_array(npz, "meta", np.uint8).tobytes().decode())
+            if not isinstance(meta, dict):
+                raise ModelFileError("meta is not a JSON object")
+            layers_meta = _typed(meta, "layers", list)
             layers = []
-            for i, lm in enumerate(meta["layers"]):
-                shape = tuple(lm["weights_shape"])
-                bits = np.unpackbits(npz[f"l{i}_weights"], bitorder="little",
-                                     count=int(np.prod(shape))).astype(bool).reshape(shape)
+            for i, lm in enumerate(layers_meta):
+                if not isinstance(lm, dict):
+                    raise ModelFileError(f"layer {i} metadata is not a JSON object")
+                shape = _typed(lm, "weights_shape", list)
+                if len(shape) != 4 or not all(_whole(v) and v >= 0 for v in shape):
+                    raise ModelFileError(f"layer {i}: weights_shape must be 4 sizes, "
+                                         f"got {shape!r}")
+                count = int(np.prod(shape, dtype=object))
+                packed = _array(npz, f"l{i}_weights", np.uint8)
+                if packed.ndim != 1 or len(packed) != (count + 7) // 8:
+                    raise ModelFileError(f"layer {i}: {len(packed)} bytes of weights for "
+                                         f"shape {shape} (needs {(count + 7) // 8})")
+                bits = np.unpackbits(packed, bitorder="little",
+                                     count=count).astype(bool).reshape(shape)
                 extra = {k: npz[f"l{i}_{k}"] for k in _OPTIONAL_ARRAYS
                          if f"l{i}_{k}" in npz.files}
-                layers.append(IntLayer(kind=lm["kind"], in_shape=tuple(lm["in_shape"]),
-                                       weights=bits, padding=lm["padding"], pool=lm["pool"],
-                                       mode=lm["mode"], first=lm["first"], shift=lm["shift"],
-                                       **extra))
-            return cls(name=meta["name"], input_shape=tuple(meta["input_shape"]),
-                       classes=meta["classes"], input_offset=npz["input_offset"],
-                       layers=layers, spec=meta["spec"], quantizer=meta["quantizer"],
-                       class_names=meta["class_names"], meta=meta["meta"])
-        except (KeyError, ValueError, TypeError) as e:  # checksum passed: a writer bug
-            raise ModelFileError(f"{source}: malformed model payload: {e}") from e
+                layers.append(IntLayer(
+                    kind=_typed(lm, "kind", str), in_shape=tuple(_typed(lm, "in_shape", list)),
+                    weights=bits, padding=_typed(lm, "padding", int),
+                    pool=_typed(lm, "pool", int), mode=_typed(lm, "mode", str),
+                    first=_typed(lm, "first", bool), shift=_typed(lm, "shift", int), **extra))
+            return cls(name=_typed(meta, "name", str),
+                       input_shape=tuple(_typed(meta, "input_shape", list)),
+                       classes=_typed(meta, "classes", int),
+                       input_offset=npz["input_offset"], layers=layers,
+                       spec=_typed(meta, "spec", dict),
+                       quantizer=_typed(meta, "quantizer", dict, optional=True),
+                       class_names=_typed(meta, "class_names", list, optional=True),
+                       meta=_typed(meta, "meta", dict))
+        except ModelFileError:
+            raise
+        except (KeyError, ValueError, TypeError, AttributeError, IndexError, OverflowError,
+                RecursionError, EOFError, OSError, zipfile.BadZipFile) as e:
+            raise ModelFileError(f"{type(e).__name__}: {e}") from e
 
     def save(self, path: str | Path) -> Path:
         from .fileio import atomic_write_bytes
@@ -172,6 +221,30 @@ class IntegerModel:
         except OSError as e:
             raise ModelFileError(f"{path}: cannot read: {e.strerror}") from e
         return cls.from_bytes(data, str(path))
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _typed(d: dict, key: str, kind: type, optional: bool = False) -> Any:
+    """``d[key]`` if it has JSON type ``kind`` (``None`` allowed when ``optional``)."""
+    if key not in d:
+        raise ModelFileError(f"metadata field {key!r} is missing")
+    v = d[key]
+    if v is None and optional:
+        return None
+    ok = _whole(v) if kind is int else isinstance(v, kind)
+    if not ok:
+        raise ModelFileError(f"metadata field {key!r} must be {kind.__name__}, got {v!r}")
+    return v
+
+
+def _array(npz: Any, key: str, dtype: type) -> np.ndarray:
+    a = npz[key]
+    if a.dtype != dtype:
+        raise ModelFileError(f"array {key!r} must be {np.dtype(dtype)}, got {a.dtype}")
+    return a
 
 
 def is_model_file(path: str | Path) -> bool:

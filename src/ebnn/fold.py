@@ -93,6 +93,10 @@ def fold(model: BNN, meta: dict | None = None,
          quantizer: dict | None = None, class_names: list[str] | None = None) -> IntegerModel:
     """Fold a trained network (eval-mode statistics) into an :class:`IntegerModel`."""
     spec = model.spec
+    from .validate import validate_checkpoint_state
+
+    # NaN or infinite weights would fold into arbitrary bits without a word.
+    validate_checkpoint_state(model.state_dict(), quantizer, math.prod(spec.input_shape))
     offsets = model.input_offset.detach().numpy().round().astype(np.int64)
     input_scale = float(model.input_scale)
     layers: list[IntLayer] = []
@@ -133,6 +137,8 @@ def load_integer_model(path: str | Path) -> IntegerModel:
     if is_model_file(path):
         return IntegerModel.load(path)
     ck = load_checkpoint(path)
-    return fold(ck.model, quantizer=ck.quantizer, class_names=ck.meta.get("class_names"),
-                meta={"source": Path(path).name, **{k: v for k, v in ck.meta.items()
-                                                    if isinstance(v, str | int | float)}})
+    names = ck.meta.get("class_names")
+    model = fold(ck.model, quantizer=ck.quantizer, class_names=names,
+                 meta={"source": Path(path).name, **{k: v for k, v in ck.meta.items()
+                                                     if isinstance(v, str | int | float)}})
+    return model.validate(str(path))

@@ -717,5 +717,9 @@ def bench_inputs(model: IntegerModel, source: str | None, data_dir: str | Path |
     if ds.input_shape != tuple(model.input_shape):
         raise ValueError(f"{ds.name} inputs are {list(ds.input_shape)}, the model takes "
                          f"{list(model.input_shape)}")
+    if len(ds.y) and (ds.y.min() < 0 or ds.y.max() >= model.classes):
+        # as eval refuses the pair: an accuracy over labels the model cannot predict
+        raise ValueError(f"{ds.name} has labels outside 0..{model.classes - 1} "
+                         f"(the model has {model.classes} classes)")
     n = len(ds) if images is None else min(images, len(ds))
     return ds.x[:n], ds.y[:n]

@@ -66,6 +66,30 @@ class Block:
         return d
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _block(i: int, b: Any) -> Block:
+    """A :class:`Block` from its mapping, with every field's type checked (``"32"`` or
+    ``true`` for a size is an error, not a silent conversion)."""
+    if not isinstance(b, dict):
+        raise SpecError(f"block {i}: must be a mapping, got {b!r}")
+    known = Block.__dataclass_fields__
+    for key, value in b.items():
+        if key not in known:
+            raise SpecError(f"block {i}: unknown field {key!r}; use "
+                            f"{', '.join(sorted(known))}")
+        want_str = key in ("type", "mode")
+        if want_str and not isinstance(value, str):
+            raise SpecError(f"block {i}: {key} must be a string, got {value!r}")
+        if not want_str and not _is_int(value):
+            raise SpecError(f"block {i}: {key} must be an integer, got {value!r}")
+    if "type" not in b:
+        raise SpecError(f"block {i}: missing 'type'")
+    return Block(**b)
+
+
 @dataclass(frozen=True)
 class BlockShape:
     """Shapes seen by one block, all as (channels, height, width)."""
@@ -105,11 +129,27 @@ class ModelSpec:
     # ---- construction -------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        if not isinstance(d, dict):
+            raise SpecError(f"a spec must be a mapping, got {type(d).__name__}")
+        for key in ("input_shape", "classes", "blocks"):
+            if key not in d:
+                raise SpecError(f"invalid model spec: missing {key!r}")
+        raw_shape, raw_blocks = d["input_shape"], d["blocks"]
+        if not isinstance(raw_shape, list | tuple) or \
+                not all(_is_int(v) for v in raw_shape):
+            raise SpecError(f"input_shape must be a list of integers, got {raw_shape!r}")
+        if not _is_int(d["classes"]):
+            raise SpecError(f"classes must be an integer, got {d['classes']!r}")
+        if not isinstance(raw_blocks, list | tuple):
+            raise SpecError(f"blocks must be a list, got {raw_blocks!r}")
+        for key, kind in (("name", str), ("meta", dict)):
+            if key in d and not isinstance(d[key], kind):
+                raise SpecError(f"{key} must be a {kind.__name__}, got {d[key]!r}")
         try:
-            shape = tuple(int(v) for v in d["input_shape"])
-            blocks = tuple(Block(**b) for b in d["blocks"])
+            shape = tuple(int(v) for v in raw_shape)
+            blocks = tuple(_block(i, b) for i, b in enumerate(raw_blocks))
             classes = int(d["classes"])
-        except (KeyError, TypeError) as e:
+        except TypeError as e:
             raise SpecError(f"invalid model spec: {e}") from e
         if len(shape) == 1:  # tabular: features become channels of a 1x1 map
             shape = (shape[0], 1, 1)

@@ -63,6 +63,7 @@ from .model import BNN, build_model
 from .spec import ModelSpec
 from .stability import stability_penalty
 from .summary import summarize
+from .train_checks import check_before_training, check_finite_epoch
 
 LOSSES = ("cross-entropy", "squared-hinge")
 LR_DECAYS = ("cosine", "exponential", "none")
@@ -110,8 +111,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2:
             raise ValueError(f"batch size must be at least 2 (batch norm), got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"learning rate must be finite and positive, got {self.lr}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
         if self.lr_decay not in LR_DECAYS:
@@ -123,7 +124,7 @@ class TrainConfig:
             raise ValueError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
         if self.augment_shift < 0:
             raise ValueError(f"augment shift must be >= 0, got {self.augment_shift}")
-        if self.early_exit_reg < 0:
+        if not (math.isfinite(self.early_exit_reg) and self.early_exit_reg >= 0):
             raise ValueError(f"early-exit regularisation must be >= 0, got {self.early_exit_reg}")
         if not (self.verify_reg >= 0 and math.isfinite(self.verify_reg)):
             raise ValueError(f"--verify-reg must be a finite number >= 0, got {self.verify_reg}")
@@ -353,6 +354,7 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
     out, last = Path(out), last_path(out)
     say = (log or (lambda _msg: None)) if main else (lambda _msg: None)
     check_data(spec, train_ds, "training")
+    check_before_training(spec, train_ds, cfg, out)
     if val_ds is not None and len(val_ds) == 0:
         val_ds = None
     if val_ds is not None:
@@ -464,6 +466,7 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
                   "val_accuracy": val["accuracy"] if val else None,
                   "val_loss": val["loss"] if val else None, "lr": lr,
                   "seconds": time.perf_counter() - t0}
+        check_finite_epoch(model, total_loss, epoch + 1, cfg)  # before anything is saved
         history.append(record)
         # Ties go to the later epoch (lower learning rate); without validation: the latest.
         is_best = val is None or val["accuracy"] >= best_acc

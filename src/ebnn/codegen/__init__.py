@@ -69,6 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..deploy import IntegerModel
+from ..fileio import fault_point, staged_directory
 from ..memory import MemoryPlan, arch_of, plan_memory
 from .generator import (
     RUNTIME_DIR,
@@ -196,16 +197,21 @@ def export_c(model: IntegerModel, out_dir: str | Path, *, name: str | None = Non
                          "pass another name=")
     _check_ranges(model)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     header = out / f"{cname}_model.h"
     source = out / f"{cname}_model.c"
-    header.write_text(header_source(model, plan, cname, target))
-    source.write_text(model_source(model, plan, cname, early_exit, every))
-    files = [source, header]
-    for path in sorted(RUNTIME_DIR.glob("*.h")):
-        shutil.copyfile(path, out / path.name)
-        files.append(out / path.name)
-    assert (out / RUNTIME_HEADER).exists()
+    runtime = sorted(RUNTIME_DIR.glob("*.h"))
+    texts = [header_source(model, plan, cname, target),
+             model_source(model, plan, cname, early_exit, every)]
+    # Written beside out_dir and swapped in at once: a reader (or a kill) never sees a
+    # header from one export beside the source of another. Other files in out_dir stay.
+    with staged_directory(out) as stage:
+        for text, path in zip(texts, (header, source), strict=True):
+            (stage / path.name).write_text(text)
+            fault_point("export:file")
+        for path in runtime:
+            shutil.copyfile(path, stage / path.name)
+        assert (stage / RUNTIME_HEADER).exists()
+    files = [source, header, *(out / path.name for path in runtime)]
     return ExportResult(out_dir=out, name=cname, source=source, header=header, memory=plan,
                         word_bits=word_bits, early_exit=early_exit, target=target, files=files,
                         early_exit_every=every if early_exit else 0)

@@ -20,6 +20,31 @@ class DataError(Exception):
     """A data file that cannot be used; the message names the file and the problem."""
 
 
+#: More classes than this is certainly a mistake in the labels (and would size the
+#: output layer and every score array by it).
+MAX_CLASSES = 65536
+
+
+def class_count(source: object, y: np.ndarray) -> int:
+    """The class count that labels ``0..max(y)`` imply, refused with :class:`DataError`
+    when it is far beyond the labels seen: more than :data:`MAX_CLASSES`, or more classes
+    without a single example than ``max(10, distinct labels)`` (a stray label byte, labels
+    numbered like 1000, 2000, ...), which would train a model with hundreds of empty
+    classes without a word."""
+    y = np.asarray(y)
+    if not len(y):
+        return 0
+    top = int(y.max())
+    distinct = len(np.unique(y))
+    classes = top + 1
+    if classes > MAX_CLASSES or classes - distinct > max(10, distinct):
+        raise DataError(f"{source}: labels run up to {top} but only {distinct} distinct "
+                        f"values appear, which would make {classes} classes, "
+                        f"{classes - distinct} of them without examples; number the labels "
+                        f"0..{distinct - 1} (or look for a stray label)")
+    return classes
+
+
 @dataclass
 class FeatureQuantizer:
     """Map float features to ``uint8`` with a per-feature standardisation.

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DataError, Dataset, FeatureQuantizer, stratified_split
+from .base import DataError, Dataset, FeatureQuantizer, class_count, stratified_split
 from .idx import find_idx_pair, load_idx_pair
 from .tabular import load_csv, load_npz
 
@@ -208,7 +208,7 @@ def load_dataset(source: str, split: str = "train", data_dir: str | Path | None 
     if path.is_dir():
         images, labels = find_idx_pair(path, "train" if split == "train" else "t10k")
         x, y = load_idx_pair(images, labels)
-        return Dataset(x, y, int(y.max()) + 1 if len(y) else 0, path.name)
+        return Dataset(x, y, class_count(labels, y), path.name)
     if not path.exists():
         raise DataError(f"{source}: neither a known source ({', '.join(SOURCES)}) "
                         "nor an existing file or directory")

@@ -30,14 +30,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DataError, Dataset, FeatureQuantizer
+from .base import MAX_CLASSES, DataError, Dataset, FeatureQuantizer, class_count
 
 
 def _quantize(path: Path, v: np.ndarray, quantizer: FeatureQuantizer | None
               ) -> tuple[np.ndarray, FeatureQuantizer]:
     """(N, F) features -> uint8 (N, F, 1, 1) and the quantiser used."""
     if quantizer is None:
-        quantizer = FeatureQuantizer.fit(v)
+        with np.errstate(over="ignore", invalid="ignore"):
+            quantizer = FeatureQuantizer.fit(v)
+        moments = np.array([quantizer.mean, quantizer.std])
+        if not np.isfinite(moments).all():
+            j = int(np.flatnonzero(~np.isfinite(moments).all(axis=0))[0])
+            raise DataError(f"{path}: feature {j} has values so large (up to "
+                            f"{np.abs(v[:, j]).max():.3g}) that its mean or spread overflows; "
+                            "rescale it")
     elif quantizer.features != v.shape[1]:
         raise DataError(f"{path}: has {v.shape[1]} features but the quantizer expects "
                         f"{quantizer.features}")
@@ -59,8 +66,12 @@ def _number_labels(path: Path, labels: Sequence, where: Sequence[str],
             i = int(bad[0])
             raise DataError(f"{path}: labels out of range: {text[i]!r} at {where[i]} "
                             "(labels must be whole numbers >= 0, or text)")
+        if len(num) and num.max() >= MAX_CLASSES:
+            i = int(np.argmax(num))
+            raise DataError(f"{path}: label {text[i]} at {where[i]} is far beyond any class "
+                            f"count (at most {MAX_CLASSES} classes)")
         y = num.astype(np.int64)
-        return y, int(y.max()) + 1 if len(y) else 0, None
+        return y, class_count(path, y), None
     names = sorted(set(text)) if class_names is None else list(class_names)
     index = {n: k for k, n in enumerate(names)}
     for i, v in enumerate(text):
@@ -103,6 +114,9 @@ def load_npz(path: Path, split: str = "train", quantizer: FeatureQuantizer | Non
     if len(x) == 0:
         raise DataError(f"{path}: no examples")
 
+    for name, a in ((kx, x), (ky, y)):
+        if np.iscomplexobj(a):
+            raise DataError(f"{path}: {name} is complex ({a.dtype}); give real numbers")
     if x.ndim == 2:
         if quantizer is not None or x.dtype != np.uint8:
             if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
@@ -166,6 +180,13 @@ def load_csv(path: Path, quantizer: FeatureQuantizer | None = None,
     if not rows:
         raise DataError(f"{path}: empty file (need a header row and data rows)")
     header = [h.strip() for h in rows[0][1]]
+    lowered = [h.lower() for h in header]
+    for j, h in enumerate(lowered):
+        if h in lowered[:j]:
+            what = "the label column" if h == "label" else "column"
+            raise DataError(f"{path}: {what} {header[j]!r} appears twice in the header "
+                            f"(columns {lowered.index(h) + 1} and {j + 1}); names must be "
+                            "unique")
     if all(_is_number(h) for h in header):
         raise DataError(f"{path}: the first row looks like data; the CSV needs a header row")
     if len(header) < 2:

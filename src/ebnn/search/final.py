@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .budget import BudgetError, format_bytes, plan_footprint
+from .report import atomic_write_text
 from .runner import SearchConfig, load_split, load_test
 
 
@@ -71,7 +72,7 @@ def train_final(cfg: SearchConfig, best: dict[str, Any], log: Callable[[str], No
                "epochs": cfg.final_epochs, "train_seconds": result.seconds,
                "files": {"checkpoint": "model.pt", "deployable": "model.ebnn",
                          "c": [str(p.relative_to(out)) for p in export.files]}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     if header["ram_bytes"] != fp.ram_bytes or header["flash_bytes"] != fp.table_bytes:
         raise RuntimeError(f"the export's header ({header}) disagrees with the memory plan")
     acc = "" if test_acc is None else f", test accuracy {test_acc:.4f} ({len(test)} images)"

@@ -76,7 +76,14 @@ from typing import Any
 
 from .budget import Budget, Footprint, best_word_bits, plan_footprint
 from .census import census, check_feasible
-from .report import best_row, front_markdown, pareto_front, trial_row, write_report
+from .report import (
+    atomic_write_text,
+    best_row,
+    front_markdown,
+    pareto_front,
+    trial_row,
+    write_report,
+)
 from .space import SearchSpace, describe
 from .storage import HEARTBEAT_S, _quiet_optuna, _requeue, _root, fail_stale, make_storage
 
@@ -468,8 +475,8 @@ class Worker:
         trial.set_user_attr("status", "training")
         tdir = self.trials_dir / f"{root:04d}"
         tdir.mkdir(parents=True, exist_ok=True)
-        (tdir / "spec.json").write_text(json.dumps({**spec.to_dict(), "word_bits": wb,
-                                                    "footprint": fp.to_dict()}, indent=2))
+        atomic_write_text(tdir / "spec.json", json.dumps(
+            {**spec.to_dict(), "word_bits": wb, "footprint": fp.to_dict()}, indent=2))
         tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                            seed=cfg.seed, val_fraction=cfg.val_fraction,
                            augment_shift=cfg.augment_shift,
