@@ -31,6 +31,33 @@ ORDER = {
     "search": ["bench_search.py"],
     "distributed": ["bench_distributed.py"],
     "fast": ["bench_fast.py", "--write"],  # reads build/bench/mnist-mcu.pt if present
+    # issue #11: build/bench/mnist-mcu-v{EPS}r{REG}s{SEED}.pt, then verification
+    "train-verify-reg": ["train_verify_reg.py"],
+    "verify-mcu-eps1": ["bench_verify.py", "--model", "mnist-mcu=build/bench/mnist-mcu.pt",
+                        "--images", "1000", "--eps", "1", "--timeout", "60",
+                        "--section", "verify-robust-mcu-eps1"],
+    "verify-mcu-large-eps": ["bench_verify.py", "--model", "mnist-mcu=build/bench/mnist-mcu.pt",
+                             "--images", "100", "--eps", "2,4,8", "--timeout", "10",
+                             "--section", "verify-robust-mcu-large-eps"],
+    "verify-training": ["bench_verify.py",
+                        "--model", "mnist-mcu=build/bench/mnist-mcu.pt",
+                        "--model", "verify-eps2-reg0.3=build/bench/mnist-mcu-v2r0.3s0.pt",
+                        "--model", "verify-eps2-reg1=build/bench/mnist-mcu-v2r1s0.pt",
+                        "--model", "verify-eps4-reg1=build/bench/mnist-mcu-v4r1s0.pt",
+                        "--images", "100", "--eps", "2,4,8", "--timeout", "10",
+                        "--section", "verify-training"],
+    "verify-knob": ["bench_verify.py", "--model",
+                    "mnist-mcu-verify-eps2-reg1=build/bench/mnist-mcu-v2r1s0.pt",
+                    "--images", "1000", "--eps", "1,2,4", "--timeout", "60",
+                    "--section", "verify-robust-knob"],
+    "verify-2kb": ["bench_verify.py", "--model", "mnist-2kb=build/bench/mnist-2kb.pt",
+                   "--images", "16", "--eps", "1", "--timeout", "60",
+                   "--section", "verify-robust-2kb"],
+    "verify-solvers": ["bench_verify.py", "--model", "mnist-mcu=build/bench/mnist-mcu.pt",
+                       "--part", "solvers", "--images", "200", "--eps", "1",
+                       "--solver-images", "15", "--timeout", "60"],
+    "verify-exact": ["bench_verify.py", "--model", "mnist-mcu=build/bench/mnist-mcu.pt",
+                     "--part", "exact", "--images", "10000"],
 }
 
 

@@ -136,6 +136,9 @@ class TrainConfig:
         d = asdict(self)
         d.pop("device")
         d.pop("threads")
+        if not self.verify_reg:  # off: runs from before the option existed still resume
+            d.pop("verify_reg")
+            d.pop("verify_eps")
         return d
 
 
@@ -403,6 +406,10 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
         state = ck.train_state
         if state is None or "run_key" not in state:
             raise CheckpointError(f"{last}: has no training state to resume from")
+        stored = state["run_key"].get("config")
+        if isinstance(stored, dict) and not stored.get("verify_reg", 0):
+            stored.pop("verify_reg", None)  # written with the option off: as if absent
+            stored.pop("verify_eps", None)
         if state["run_key"] != run_key:
             diff = [k for k in run_key if state["run_key"].get(k) != run_key[k]]
             if "config" in diff:
