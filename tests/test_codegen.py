@@ -30,14 +30,12 @@ from ebnn.early_exit import set_tap_order
 from ebnn.fold import fold
 from ebnn.memory import STACK_BOUNDS, plan_memory
 from ebnn.spec import ModelSpec
-from ebnn.testing import calibrated_random_model
+from ebnn.testing import build_c_runner, calibrated_random_model
+from ebnn.testing import conv_block as conv
+from ebnn.testing import random_and_extreme_inputs as inputs_for
+from ebnn.testing import random_integer_model as make_model
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
-
-
-def conv(filters: int, kernel: int = 3, padding: int = 0, pool: int = 1) -> dict:
-    return {"type": "conv", "filters": filters, "kernel": kernel, "padding": padding,
-            "pool": pool}
 
 
 # name: (input shape, classes, hidden blocks[, make_model options]); the output block is
@@ -55,24 +53,6 @@ SHAPES = {
 }
 
 
-def make_model(shape: list[int], classes: int, blocks: list[dict], seed: int = 0,
-               constant: int = 1) -> IntegerModel:
-    spec = ModelSpec.from_dict({"name": "t", "input_shape": shape, "classes": classes,
-                                "blocks": [*blocks, {"type": "output"}]})
-    return fold(calibrated_random_model(spec, seed=seed, constant_channels=constant))
-
-
-def inputs_for(model: IntegerModel, n: int, seed: int = 0) -> np.ndarray:
-    """Random inputs plus the extremes (all 0, all 255, all at the offsets)."""
-    rng = np.random.default_rng(seed)
-    c, h, w = model.input_shape
-    x = rng.integers(0, 256, size=(n, c, h, w), dtype=np.uint8)
-    offsets = np.clip(model.input_offset, 0, 255).astype(np.uint8)
-    extremes = np.stack([np.zeros((c, h, w), np.uint8), np.full((c, h, w), 255, np.uint8),
-                         np.broadcast_to(offsets[:, None, None], (c, h, w))])
-    return np.concatenate([x, extremes])
-
-
 def assert_matches_engine(model: IntegerModel, x: np.ndarray, **options) -> None:
     cm = hostc.convert(model, **options)
     try:
@@ -83,48 +63,12 @@ def assert_matches_engine(model: IntegerModel, x: np.ndarray, **options) -> None
         cm.close()
 
 
-RUNNER = r"""
-#include <stdio.h>
-#include "{name}_model.h"
-
-int main(int argc, char **argv)
-{{
-    static uint8_t x[{up}_INPUT_BYTES];
-    int32_t s[{up}_CLASSES];
-    int j;
-    FILE *f = fopen(argv[1], "rb");
-    (void)argc;
-    printf("%d %d %d %d %d %d\n", {up}_FLASH_BYTES, {up}_RAM_BYTES, {up}_STACK_BYTES,
-           {up}_INPUT_BYTES, {up}_CLASSES, {up}_SCORE_SHIFT);
-    while (fread(x, 1, sizeof x, f) == sizeof x) {{
-        printf("%d", {name}_predict(x));
-        {name}_scores(x, s);
-        for (j = 0; j < {up}_CLASSES; j++) {{
-            printf(" %ld", (long)s[j]);
-        }}
-        printf("\n");
-    }}
-    fclose(f);
-    return 0;
-}}
-"""
-
-
-def build_runner(export, flags: list[str]) -> Path:
-    src = export.out_dir / "runner.c"
-    src.write_text(RUNNER.format(name=export.name, up=export.name.upper()))
-    exe = export.out_dir / "runner"
-    subprocess.run(["gcc", *flags, "-I", str(export.out_dir), str(export.source), str(src),
-                    "-o", str(exe)], check=True, capture_output=True, text=True)
-    return exe
-
-
 def c_outputs(model: IntegerModel, x: np.ndarray, out_dir: Path,
               cflags: tuple[str, ...] = ("-O1",), **options) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and scores of the C export (any export_c option, e.g. the early-exit
     interval, which ebnn.hostc does not take) built with ``cflags`` into a program."""
     export = export_c(model, out_dir, **options)
-    exe = build_runner(export, ["-std=c99", *cflags])
+    exe = build_c_runner(export, ["-std=c99", *cflags])
     (out_dir / "inputs.bin").write_bytes(engine.to_hwc(model, x).tobytes())
     out = subprocess.run([str(exe), str(out_dir / "inputs.bin")], capture_output=True,
                          text=True, timeout=60, check=True).stdout
@@ -349,7 +293,7 @@ def test_sanitizers_and_header_figures(models, tmp_path, name, word_bits, mode, 
     model = models[name]
     export = export_c(model, tmp_path, word_bits=word_bits, modes=mode, early_exit=early_exit,
                       target="host")
-    exe = build_runner(export, ["-std=c99", "-O1", "-g", "-fsanitize=address,undefined",
+    exe = build_c_runner(export, ["-std=c99", "-O1", "-g", "-fsanitize=address,undefined",
                                 "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"])
     x = inputs_for(model, 50, seed=2)
     (tmp_path / "inputs.bin").write_bytes(engine.to_hwc(model, x).tobytes())

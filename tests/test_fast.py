@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from ebnn import engine, fast
 from ebnn.deploy import IntegerModel
 from ebnn.fold import fold
-from ebnn.spec import ModelSpec
-from ebnn.testing import calibrated_random_model
+from ebnn.testing import conv_block as conv
+from ebnn.testing import random_and_extreme_inputs as inputs_for
+from ebnn.testing import random_integer_model as make_model
 
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "gcc")) is None,
                                 reason="needs a C compiler")
@@ -31,11 +32,6 @@ pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "gcc")) is Non
 ISAS = [pytest.param(isa, marks=pytest.mark.skipif(
     shutil.which(os.environ.get("CC", "gcc")) is None or isa not in fast.available_isas(),
     reason=f"this CPU cannot run the {isa} build")) for isa in fast.ISAS]
-
-
-def conv(filters: int, kernel: int = 3, padding: int = 0, pool: int = 1) -> dict:
-    return {"type": "conv", "filters": filters, "kernel": kernel, "padding": padding,
-            "pool": pool}
 
 
 # name: (input shape, classes, hidden blocks); the output block is appended.
@@ -57,24 +53,6 @@ SHAPES = {
                                     conv(2, kernel=2), conv(1, kernel=3, padding=1),
                                     {"type": "dense", "units": 16}]),
 }
-
-
-def make_model(shape: list[int], classes: int, blocks: list[dict], seed: int = 0,
-               constant: int = 1) -> IntegerModel:
-    spec = ModelSpec.from_dict({"name": "t", "input_shape": shape, "classes": classes,
-                                "blocks": [*blocks, {"type": "output"}]})
-    return fold(calibrated_random_model(spec, seed=seed, constant_channels=constant))
-
-
-def inputs_for(model: IntegerModel, n: int, seed: int = 0) -> np.ndarray:
-    """Random inputs, then the extremes (all 0, all 255, all at the offsets)."""
-    rng = np.random.default_rng(seed)
-    c, h, w = model.input_shape
-    x = rng.integers(0, 256, size=(n, c, h, w), dtype=np.uint8)
-    offsets = np.clip(model.input_offset, 0, 255).astype(np.uint8)
-    extremes = np.stack([np.zeros((c, h, w), np.uint8), np.full((c, h, w), 255, np.uint8),
-                         np.broadcast_to(offsets[:, None, None], (c, h, w))])
-    return np.concatenate([x, extremes])
 
 
 @pytest.fixture(scope="module")

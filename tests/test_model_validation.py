@@ -31,38 +31,13 @@ from ebnn.deploy import _HEADER, MAGIC, VERSION, IntegerModel, ModelFileError
 from ebnn.fold import fold, load_integer_model
 from ebnn.memory import plan_memory
 from ebnn.spec import ModelSpec
-from ebnn.testing import calibrated_random_model
+from ebnn.testing import build_c_runner, calibrated_random_model
 
 SPEC = {"name": "crafted", "input_shape": [2, 7, 6], "classes": 3,
         "blocks": [{"type": "conv", "filters": 5, "kernel": 3, "padding": 1, "pool": 2},
                    {"type": "dense", "units": 6}, {"type": "output"}]}
 SANITIZE = ["-std=c99", "-O1", "-g", "-fsanitize=address,undefined",
             "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
-RUNNER = r"""
-#include <stdio.h>
-#include "{name}_model.h"
-
-int main(int argc, char **argv)
-{{
-    static uint8_t x[{up}_INPUT_BYTES];
-    int32_t s[{up}_CLASSES];
-    int j;
-    FILE *f = fopen(argv[1], "rb");
-    (void)argc;
-    while (fread(x, 1, sizeof x, f) == sizeof x) {{
-        printf("%d", {name}_predict(x));
-        {name}_scores(x, s);
-        for (j = 0; j < {up}_CLASSES; j++) {{
-            printf(" %ld", (long)s[j]);
-        }}
-        printf("\n");
-    }}
-    fclose(f);
-    return 0;
-}}
-"""
-
-
 @pytest.fixture(scope="module")
 def valid_model() -> IntegerModel:
     model = fold(calibrated_random_model(ModelSpec.from_dict(SPEC), seed=4, constant_channels=1))
@@ -232,17 +207,14 @@ def test_mutants_that_load_run_clean_under_sanitizers(valid_model, tmp_path):
         for early_exit in (False, True):
             out = tmp_path / f"m{built}"
             export = export_c(model, out, early_exit=early_exit, word_bits=8 if built % 2 else 32)
-            (out / "runner.c").write_text(RUNNER.format(name=export.name,
-                                                        up=export.name.upper()))
-            exe = out / "runner"
-            subprocess.run(["gcc", *SANITIZE, "-I", str(out), str(export.source),
-                            str(out / "runner.c"), "-o", str(exe)], check=True,
-                           capture_output=True, timeout=120)
+            exe = build_c_runner(export, SANITIZE)
             (out / "x.bin").write_bytes(engine.to_hwc(model, x).tobytes())
             proc = subprocess.run([str(exe), str(out / "x.bin")], capture_output=True,
                                   text=True, timeout=60)
             assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-            got = np.array([[int(v) for v in line.split()] for line in proc.stdout.splitlines()])
+            # the first line holds the header's figures
+            got = np.array([[int(v) for v in line.split()]
+                            for line in proc.stdout.splitlines()[1:]])
             ref = engine.scores(model, x)
             np.testing.assert_array_equal(got[:, 1:], ref)
             np.testing.assert_array_equal(got[:, 0], np.argmax(ref, axis=1))

@@ -25,7 +25,8 @@ from ebnn.deploy import IntegerModel
 from ebnn.early_exit import set_tap_order
 from ebnn.fold import fold
 from ebnn.spec import ModelSpec
-from ebnn.testing import calibrated_random_model
+from ebnn.testing import calibrated_random_model, random_integer_model
+from ebnn.testing import conv_block as conv
 from ebnn.verify import ModelEncoding, RobustQuery, ball, propagate, robustness, verify_robust
 from ebnn.verify.cnf import WIDE, Cnf
 from ebnn.verify.count import count_region
@@ -34,11 +35,6 @@ from ebnn.verify.equiv import check_equivalence
 from ebnn.verify.runner import Replayer
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
-
-
-def conv(filters: int, kernel: int = 3, padding: int = 0, pool: int = 1) -> dict:
-    return {"type": "conv", "filters": filters, "kernel": kernel, "padding": padding,
-            "pool": pool}
 
 
 SHAPES = {
@@ -58,10 +54,7 @@ SEED = {"conv_k2_pool": 3}
 
 def make(name: str, seed: int | None = None) -> IntegerModel:
     seed = SEED.get(name, 0) if seed is None else seed
-    shape, classes, blocks = SHAPES[name]
-    spec = ModelSpec.from_dict({"name": name, "input_shape": shape, "classes": classes,
-                                "blocks": [*blocks, {"type": "output"}]})
-    return fold(calibrated_random_model(spec, seed=seed, constant_channels=1, scale=30.0))
+    return random_integer_model(*SHAPES[name], seed=seed, constant=1, scale=30.0)
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .deploy import IntegerModel
 from .model import BNN, build_model
 from .spec import ModelSpec
 
@@ -48,3 +51,70 @@ def random_inputs(spec: ModelSpec, n: int, seed: int = 0) -> np.ndarray:
     """Uniform random uint8 inputs in data-set layout (N, C, H, W)."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, size=(n, *spec.input_shape), dtype=np.uint8)
+
+
+def random_and_extreme_inputs(model: IntegerModel, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` random inputs, then the extremes (all 0, all 255, all at the offsets)."""
+    rng = np.random.default_rng(seed)
+    c, h, w = model.input_shape
+    x = rng.integers(0, 256, size=(n, c, h, w), dtype=np.uint8)
+    offsets = np.clip(model.input_offset, 0, 255).astype(np.uint8)
+    extremes = np.stack([np.zeros((c, h, w), np.uint8), np.full((c, h, w), 255, np.uint8),
+                         np.broadcast_to(offsets[:, None, None], (c, h, w))])
+    return np.concatenate([x, extremes])
+
+
+def conv_block(filters: int, kernel: int = 3, padding: int = 0, pool: int = 1) -> dict:
+    """A ``conv`` block of a spec, as the shape tables of the tests write them."""
+    return {"type": "conv", "filters": filters, "kernel": kernel, "padding": padding,
+            "pool": pool}
+
+
+def random_integer_model(shape: list[int], classes: int, blocks: list[dict], seed: int = 0,
+                         constant: int = 1, scale: float = 50.0) -> IntegerModel:
+    """The folded :func:`calibrated_random_model` of ``blocks`` plus an output block."""
+    from .fold import fold
+
+    spec = ModelSpec.from_dict({"name": "t", "input_shape": shape, "classes": classes,
+                                "blocks": [*blocks, {"type": "output"}]})
+    return fold(calibrated_random_model(spec, seed=seed, constant_channels=constant,
+                                        scale=scale))
+
+
+# A program around a C export: prints the header's figures, then per input record of the
+# file named by argv[1] the prediction and the scores (the tests parse it).
+C_RUNNER = r"""
+#include <stdio.h>
+#include "{name}_model.h"
+
+int main(int argc, char **argv)
+{{
+    static uint8_t x[{up}_INPUT_BYTES];
+    int32_t s[{up}_CLASSES];
+    int j;
+    FILE *f = fopen(argv[1], "rb");
+    (void)argc;
+    printf("%d %d %d %d %d %d\n", {up}_FLASH_BYTES, {up}_RAM_BYTES, {up}_STACK_BYTES,
+           {up}_INPUT_BYTES, {up}_CLASSES, {up}_SCORE_SHIFT);
+    while (fread(x, 1, sizeof x, f) == sizeof x) {{
+        printf("%d", {name}_predict(x));
+        {name}_scores(x, s);
+        for (j = 0; j < {up}_CLASSES; j++) {{
+            printf(" %ld", (long)s[j]);
+        }}
+        printf("\n");
+    }}
+    fclose(f);
+    return 0;
+}}
+"""
+
+
+def build_c_runner(export: Any, flags: list[str]) -> Path:
+    """Compile :data:`C_RUNNER` with an export (:class:`ebnn.codegen.ExportResult`)."""
+    src = export.out_dir / "runner.c"
+    src.write_text(C_RUNNER.format(name=export.name, up=export.name.upper()))
+    exe = export.out_dir / "runner"
+    subprocess.run(["gcc", *flags, "-I", str(export.out_dir), str(export.source), str(src),
+                    "-o", str(exe)], check=True, capture_output=True, text=True, timeout=120)
+    return exe
