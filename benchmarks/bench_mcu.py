@@ -34,6 +34,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import ROOT, markdown_table, target_word_bits, write_section  # noqa: E402
@@ -138,6 +140,27 @@ def target_table(reports: list[dict]) -> str:
     return markdown_table(rows)
 
 
+def run_builds(model, builds: list, variant_builds: list, x: np.ndarray, y: np.ndarray,
+               args: argparse.Namespace, reports: list[dict], rows: list[dict], save,
+               run_variants=None) -> None:
+    """Emulate every build on ``x`` (appending to ``reports``), then the variant table on
+    ``--variant-images`` images (into ``rows``, by ``run_variants``, default
+    :func:`variants`); ``save`` runs after each step so a failed run keeps what it
+    measured."""
+    for tb in builds:
+        t0 = time.perf_counter()
+        r = bench_on_target(model, tb.target, x, y, build=tb, jobs=args.jobs,
+                            log=lambda m: print(m, file=sys.stderr, flush=True))
+        print(f"{tb.target.name}: done in {time.perf_counter() - t0:.0f} s; problems: "
+              f"{r['problems'] or 'none'}", file=sys.stderr, flush=True)
+        reports.append(r)
+        save()
+    if variant_builds:
+        rows[:] = (run_variants or variants)(model, variant_builds, x[:args.variant_images],
+                                             args.jobs)
+        save()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint or .ebnn file")
@@ -174,17 +197,7 @@ def main() -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"reports": reports, "variants": rows}, indent=2))
 
-    for tb in builds:
-        t0 = time.perf_counter()
-        r = bench_on_target(model, tb.target, x, y, build=tb, jobs=args.jobs,
-                            log=lambda m: print(m, file=sys.stderr, flush=True))
-        print(f"{tb.target.name}: done in {time.perf_counter() - t0:.0f} s; problems: "
-              f"{r['problems'] or 'none'}", file=sys.stderr, flush=True)
-        reports.append(r)
-        save()
-    if variant_builds:
-        rows = variants(model, variant_builds, x[:args.variant_images], args.jobs)
-        save()
+    run_builds(model, builds, variant_builds, x, y, args, reports, rows, save)
     total = time.perf_counter() - start
 
     body = render(args, model.name, reports, rows, total)

@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_mcu import build_all, variant_table  # noqa: E402
+from bench_mcu import build_all, run_builds, variant_table  # noqa: E402
 from report import ROOT, markdown_table, write_section  # noqa: E402
 
 from ebnn import engine  # noqa: E402
@@ -196,17 +196,7 @@ def main() -> int:
                                          "variants": rows}, indent=2))
 
     save()
-    for tb in builds:
-        t0 = time.perf_counter()
-        r = bench_on_target(model, tb.target, x, y, build=tb, jobs=args.jobs,
-                            log=lambda m: print(m, file=sys.stderr, flush=True))
-        print(f"{tb.target.name}: done in {time.perf_counter() - t0:.0f} s; problems: "
-              f"{r['problems'] or 'none'}", file=sys.stderr, flush=True)
-        reports.append(r)
-        save()
-    if variant_builds:
-        rows = variants(model, variant_builds, x[:args.variant_images], args.jobs)
-        save()
+    run_builds(model, builds, variant_builds, x, y, args, reports, rows, save, variants)
     goals, met = goal_table(seeds, reports)
     body = render(args, paths[0], seeds, reports, rows, goals, time.perf_counter() - start)
     if args.no_write:
