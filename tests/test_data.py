@@ -342,7 +342,7 @@ def test_bad_npz(tmp_path):
         "keys.npz": ({"images": np.zeros((2, 3))}, "missing arrays: need 'x' and 'y'"),
         "length.npz": ({"x": np.zeros((3, 2)), "y": np.zeros(2)},
                        "length mismatch: x has 3 examples, y has 2"),
-        "floatimg.npz": ({"x": np.zeros((2, 4, 4)), "y": [0, 1]}, "images must be uint8"),
+        "wideimg.npz": ({"x": np.full((2, 4, 4), 300), "y": [0, 1]}, "images must be uint8"),
         "nan.npz": ({"x": np.array([[1.0], [np.nan]]), "y": [0, 1]}, "x[1, 0] is nan"),
     }
     for name, (arrays, msg) in cases.items():

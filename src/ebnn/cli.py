@@ -67,7 +67,18 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
     world = ctx.world_size if ctx else 1
     main = ctx is None or ctx.is_main
     say = _err if main else (lambda _msg: None)  # one process speaks for a distributed run
-    ds = load_dataset(args.data, "train", args.data_dir)
+    options = _data_options(args)
+    ds = load_dataset(args.data, "train", args.data_dir, **options)
+    # The test data is read before training so that a mismatch stops the run at once.
+    test = None
+    if args.test_data:
+        test = load_dataset(args.test_data, "test", quantizer=ds.quantizer,
+                            class_names=ds.class_names, **options)
+        if test.input_shape != ds.input_shape:
+            raise DataError(f"{args.test_data}: inputs are {list(test.input_shape)} but the "
+                            f"training data's are {list(ds.input_shape)}")
+    elif args.data in SOURCES:
+        test = load_dataset(args.data, "test", args.data_dir)
     spec = load_spec(args.model)
     if spec.input_shape != ds.input_shape or spec.classes != ds.classes:
         spec = spec.with_input(ds.input_shape, ds.classes)  # presets work on any data set
@@ -101,12 +112,7 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
     print(f"best epoch {result.best_epoch}/{config.epochs}{best}; saved {result.out} "
           f"(training state in {result.last}); {seconds:.1f} s of training")
 
-    if args.test_data:
-        test = load_dataset(args.test_data, "test", quantizer=ds.quantizer,
-                            class_names=ds.class_names)
-    elif args.data in SOURCES:
-        test = load_dataset(args.data, "test", args.data_dir)
-    else:
+    if test is None:
         _err("no test evaluation: pass --test-data PATH for a file or directory source")
         return 0
     metrics = evaluate(result.model, test)
@@ -145,7 +151,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         names = imodel.class_names
     ds = load_dataset(args.data, args.split, args.data_dir,
                       quantizer=FeatureQuantizer.from_dict(quantizer) if quantizer else None,
-                      class_names=names)
+                      class_names=names, **_data_options(args))
     if engine == "torch":
         check_data(spec, ds, f"{args.data} {args.split}")
         start = time.perf_counter()
@@ -280,8 +286,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="SRC",
                    help="a named source (digits, mnist, fashion-mnist, cifar10, svhn) or a "
-                        ".npz/.csv file or IDX directory")
+                        ".npz/.csv/.ts file or IDX directory")
     p.add_argument("--data-dir", metavar="DIR", help="where a named source's files are")
+    g = p.add_argument_group("time series (.ts files; see README 'Time-series data')")
+    g.add_argument("--pad", action="store_true",
+                   help="pad shorter series by repeating their last value")
+    g.add_argument("--truncate", action="store_true",
+                   help="cut longer series to the series length")
+    g.add_argument("--series-length", type=int, metavar="T",
+                   help="the length for --pad/--truncate (default: the training data's "
+                        "length for test data, else the longest series with --pad, the "
+                        "shortest with --truncate)")
+    g.add_argument("--channels", type=int, metavar="C",
+                   help="read each .csv row as a signal of C channels (C*T columns, channel "
+                        "after channel)")
+
+
+def _data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The time-series options of ``_add_data_args`` as ``load_dataset`` keywords."""
+    from .data import SeriesOptions
+
+    series = None
+    if args.pad or args.truncate or args.series_length is not None:
+        series = SeriesOptions(args.series_length, args.pad, args.truncate)
+    return {"series": series, "channels": args.channels}
 
 
 def _add_export_args(p: argparse.ArgumentParser, modes_default: str | None) -> None:

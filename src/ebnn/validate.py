@@ -280,8 +280,9 @@ def _validate(model: IntegerModel) -> None:
         validate_quantizer(model.quantizer, c * h * w)
     except ValueError as e:
         raise ModelFileError(str(e)) from None
-    if model.quantizer is not None and (h, w) != (1, 1):
-        raise ModelFileError("a quantizer is stored, but the input is not a feature vector")
+    if model.quantizer is not None and h != 1:  # features (F, 1, 1) or signals (C, 1, T)
+        raise ModelFileError("a quantizer is stored, but the input is neither a feature "
+                             "vector nor a signal")
     _check_spec(model)
 
 

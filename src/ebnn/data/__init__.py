@@ -12,15 +12,19 @@
 Sources (:data:`SOURCES`): ``digits`` (bundled with scikit-learn), ``mnist``,
 ``fashion-mnist``, ``cifar10``, ``svhn`` (files in a data directory; fetch them with
 :func:`download`, i.e. ``ebnn data download NAME --dir D``), or a path to a ``.npz`` /
-``.csv`` file or an IDX directory. See :mod:`ebnn.data.sources` for where files are
-looked for and :mod:`ebnn.data.tabular` for the file layouts. Float features are
-quantised to ``uint8`` with a :class:`FeatureQuantizer` kept on the dataset. Bad files
-raise :class:`DataError` with a message naming the file and the problem.
+``.csv`` file, a ``.ts`` time-series file or an IDX directory. See
+:mod:`ebnn.data.sources` for where files are looked for, :mod:`ebnn.data.tabular` and
+:mod:`ebnn.data.timeseries` for the file layouts. Float features are quantised to
+``uint8`` with a :class:`FeatureQuantizer` kept on the dataset (per channel for signals,
+which are ``(N, C, 1, T)``: time along W). Bad files raise :class:`DataError` with a
+message naming the file and the problem (:class:`TsFormatError`, a kind of it, for
+``.ts`` files: it names the line too).
 """
 
 from .base import DataError, Dataset, FeatureQuantizer, train_val_split
 from .download import download
 from .sources import SOURCES, default_data_dir, load_dataset
+from .timeseries import SeriesOptions, TsFormatError, load_ts, read_ts
 from .transforms import normalization, random_shift
 
 __all__ = [
@@ -28,10 +32,14 @@ __all__ = [
     "DataError",
     "Dataset",
     "FeatureQuantizer",
+    "SeriesOptions",
+    "TsFormatError",
     "default_data_dir",
     "download",
     "load_dataset",
+    "load_ts",
     "normalization",
     "random_shift",
+    "read_ts",
     "train_val_split",
 ]

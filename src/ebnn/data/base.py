@@ -75,6 +75,29 @@ class FeatureQuantizer:
         std = np.where(std > 1e-12, std, 1.0)
         return cls(mean=[float(m) for m in mean], std=[float(s) for s in std])
 
+    @classmethod
+    def fit_channels(cls, v: np.ndarray) -> FeatureQuantizer:
+        """Fit one mean and std per channel on signals ``v`` of shape (N, C, T), over all
+        examples and time steps, and return them as a per-feature quantiser for the
+        C * T values of a flattened example (each channel's pair repeated T times).
+
+        A signal's quantiser is thus an ordinary feature quantiser: it is stored and
+        applied exactly like one (flatten (N, C, 1, T) to (N, C * T)), and every time step
+        of a channel is coded alike, so a shifted pattern gets the same codes.
+
+            >>> v = np.array([[[0.0, 2.0], [10.0, 10.0]]])   # 1 example, 2 channels, T=2
+            >>> q = FeatureQuantizer.fit_channels(v)
+            >>> q.mean, q.std
+            ([1.0, 1.0, 10.0, 10.0], [1.0, 1.0, 1.0, 1.0])
+        """
+        v = np.asarray(v, dtype=np.float64)
+        if v.ndim != 3 or v.size == 0:
+            raise ValueError(f"need a non-empty (N, C, T) array, got shape {v.shape}")
+        steps = v.shape[2]
+        per_channel = cls.fit(v.transpose(0, 2, 1).reshape(-1, v.shape[1]))
+        return cls(mean=[m for m in per_channel.mean for _ in range(steps)],
+                   std=[s for s in per_channel.std for _ in range(steps)])
+
     @property
     def features(self) -> int:
         return len(self.mean)

@@ -15,8 +15,9 @@
 ``fashion-mnist``, when that directory holds no IDX files, the Debian/Ubuntu package
 ``dataset-fashion-mnist`` location ``/usr/share/datasets/fashion-mnist`` is used if present.
 
-Anything else is a path: a ``.npz`` or ``.csv`` file (see :mod:`ebnn.data.tabular`) or a
-directory of IDX files laid out like MNIST.
+Anything else is a path: a ``.npz`` or ``.csv`` file (see :mod:`ebnn.data.tabular`), a
+``.ts``/``.ts.gz`` time-series file (see :mod:`ebnn.data.timeseries`) or a directory of
+IDX files laid out like MNIST.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 from .base import DataError, Dataset, FeatureQuantizer, class_count, stratified_split
 from .idx import find_idx_pair, load_idx_pair
 from .tabular import load_csv, load_npz
+from .timeseries import SeriesOptions, is_ts_path, load_ts
 
 SOURCES: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10", "svhn")
 SPLITS = ("train", "test")
@@ -179,14 +181,18 @@ def _named_dir(name: str, data_dir: str | Path | None) -> Path:
 def load_dataset(source: str, split: str = "train", data_dir: str | Path | None = None, *,
                  quantizer: FeatureQuantizer | None = None,
                  label_column: str | int | None = None,
-                 class_names: list[str] | None = None) -> Dataset:
+                 class_names: list[str] | None = None,
+                 series: SeriesOptions | None = None,
+                 channels: int | None = None) -> Dataset:
     """Load ``split`` (``"train"`` or ``"test"``) of a named source or a file.
 
     ``source`` is one of :data:`SOURCES` (files looked up in ``data_dir``, see the module
-    docs) or a path to a ``.npz``/``.csv`` file or an IDX directory. For files,
+    docs) or a path to a ``.npz``/``.csv``/``.ts`` file or an IDX directory. For files,
     ``quantizer`` and ``class_names`` reuse the training set's coding (pass
     ``train.quantizer`` and ``train.class_names`` when loading a test file) and
-    ``label_column`` names the CSV label column. Problems with the files raise
+    ``label_column`` names the CSV label column. ``series`` pads or truncates the series
+    of a ``.ts`` file (:class:`~ebnn.data.timeseries.SeriesOptions`); ``channels`` reads
+    each CSV row as that many channels of a signal. Problems with the files raise
     :class:`DataError` naming the file.
 
         >>> ds = load_dataset("digits", "test")
@@ -205,6 +211,13 @@ def load_dataset(source: str, split: str = "train", data_dir: str | Path | None 
         return _load_svhn(split, _named_dir(source, data_dir))
 
     path = Path(source).expanduser()
+    is_ts = is_ts_path(path) and not path.is_dir()
+    if series is not None and series != SeriesOptions() and not is_ts:
+        raise DataError(f"{source}: padding and truncating series (--pad, --truncate, "
+                        "--series-length) apply to .ts files only")
+    if channels is not None and path.suffix.lower() != ".csv":
+        raise DataError(f"{source}: --channels applies to .csv files only (a .npz holds "
+                        "signals as (N, C, T), a .ts file declares its channels)")
     if path.is_dir():
         images, labels = find_idx_pair(path, "train" if split == "train" else "t10k")
         x, y = load_idx_pair(images, labels)
@@ -213,9 +226,11 @@ def load_dataset(source: str, split: str = "train", data_dir: str | Path | None 
         raise DataError(f"{source}: neither a known source ({', '.join(SOURCES)}) "
                         "nor an existing file or directory")
     suffix = path.suffix.lower()
+    if is_ts:
+        return load_ts(path, quantizer, class_names, series)
     if suffix == ".npz":
         return load_npz(path, split, quantizer, class_names)
     if suffix == ".csv":
-        return load_csv(path, quantizer, label_column, class_names)
+        return load_csv(path, quantizer, label_column, class_names, channels)
     raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r}; use .npz, .csv, "
-                    "or a directory of IDX files")
+                    ".ts, or a directory of IDX files")

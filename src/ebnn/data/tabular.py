@@ -8,11 +8,16 @@ picked by the split).
 * Features ``(N, F)`` that are not ``uint8`` (floats, wider integers) are quantised with a
   :class:`~ebnn.data.FeatureQuantizer` and become ``(N, F, 1, 1)``; ``uint8`` features are
   used as they are.
+* Floating-point ``(N, C, T)`` arrays are signals: ``C`` channels of ``T`` time steps,
+  quantised per channel (:mod:`ebnn.data.timeseries`) into ``(N, C, 1, T)``. Integer
+  ``(N, H, W)`` arrays stay images (convert integer signals to float to mark them).
 
 ``.csv``: a header row, one example per row. The label column is ``label`` (or the one
 you name with ``label_column``), else the last column; every other column is a numeric
 feature, quantised as above. Text labels are numbered in sorted order and their names
-kept in ``Dataset.class_names``.
+kept in ``Dataset.class_names``. With ``channels=C`` (``--channels C``) the ``C * T``
+feature columns of a row are a signal, channel after channel (the first ``T`` columns
+are channel 0's time steps, and so on), quantised per channel into ``(N, C, 1, T)``.
 
 A quantiser is fitted on the file being loaded unless one is passed: load the test file
 with the training set's quantiser (and ``class_names``) so both are coded alike::
@@ -31,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import MAX_CLASSES, DataError, Dataset, FeatureQuantizer, class_count
+from .timeseries import quantize_signals
 
 
 def _quantize(path: Path, v: np.ndarray, quantizer: FeatureQuantizer | None
@@ -128,17 +134,27 @@ def load_npz(path: Path, split: str = "train", quantizer: FeatureQuantizer | Non
             xq, quantizer = _quantize(path, v, quantizer)
         else:
             xq = x[:, :, None, None]
+    elif x.ndim == 3 and (quantizer is not None or np.issubdtype(x.dtype, np.floating)):
+        # signals (a quantiser only ever comes from real-valued training data)
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+            raise DataError(f"{path}: {kx} has non-numeric dtype {x.dtype}")
+        v = x.astype(np.float64)
+        if not np.isfinite(v).all():
+            n, c, t = np.argwhere(~np.isfinite(v))[0]
+            raise DataError(f"{path}: {kx}[{n}, {c}, {t}] is {v[n, c, t]} (signals must be "
+                            "finite)")
+        xq, quantizer = quantize_signals(path, v, quantizer, f"signals {kx}")
     elif x.ndim in (3, 4):
         if x.dtype != np.uint8:
             if not np.issubdtype(x.dtype, np.integer) or x.min() < 0 or x.max() > 255:
                 raise DataError(f"{path}: images must be uint8 (0..255), {kx} is {x.dtype} "
-                                f"with shape {x.shape}; convert them, or give features as "
-                                "(N, F)")
+                                f"with shape {x.shape}; convert them, give features as "
+                                "(N, F), or signals as float (N, C, T)")
             x = x.astype(np.uint8)
         xq = x[:, None] if x.ndim == 3 else x
     else:
-        raise DataError(f"{path}: {kx} has shape {x.shape}; expected (N, F), (N, H, W) or "
-                        "(N, C, H, W)")
+        raise DataError(f"{path}: {kx} has shape {x.shape}; expected (N, F), (N, H, W), "
+                        "(N, C, H, W) or float signals (N, C, T)")
     where = [f"{ky}[{i}]" for i in range(len(y))]
     labels, classes, names = _number_labels(path, y.tolist(), where, class_names)
     return Dataset(np.ascontiguousarray(xq), labels, classes, path.stem, quantizer, names)
@@ -169,8 +185,11 @@ def _is_number(s: str) -> bool:
 
 def load_csv(path: Path, quantizer: FeatureQuantizer | None = None,
              label_column: str | int | None = None,
-             class_names: list[str] | None = None) -> Dataset:
-    """Load a ``.csv`` table with a header row (see the module docs)."""
+             class_names: list[str] | None = None, channels: int | None = None) -> Dataset:
+    """Load a ``.csv`` table with a header row (see the module docs); with ``channels``
+    each row is a signal of that many channels."""
+    if channels is not None and channels < 1:
+        raise ValueError(f"channels must be at least 1, got {channels}")
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -219,5 +238,12 @@ def load_csv(path: Path, quantizer: FeatureQuantizer | None = None,
                                     f"column {header[j]!r}")
     assert v is not None
     y, classes, names = _number_labels(path, labels, where, class_names)
-    xq, quantizer = _quantize(path, v, quantizer)
+    if channels is None:
+        xq, quantizer = _quantize(path, v, quantizer)
+    else:
+        if v.shape[1] % channels:
+            raise DataError(f"{path}: {v.shape[1]} feature columns do not split into "
+                            f"{channels} channels of equal length")
+        xq, quantizer = quantize_signals(path, v.reshape(len(v), channels, -1), quantizer,
+                                         "the rows")
     return Dataset(np.ascontiguousarray(xq), y, classes, path.stem, quantizer, names)
