@@ -22,6 +22,17 @@ def mnist_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def sensors_dir() -> Path:
+    """The real UEA/UCR sensor sets (.ts.gz): $EBNN_SENSORS_DIR, else
+    <repo root>/../shared/data/sensors."""
+    d = Path(os.environ.get("EBNN_SENSORS_DIR",
+                            REPO_ROOT.parent / "shared" / "data" / "sensors"))
+    if not (d / "BasicMotions_TRAIN.ts.gz").is_file():
+        pytest.skip(f"sensor .ts files not found in {d} (set EBNN_SENSORS_DIR)")
+    return d
+
+
+@pytest.fixture(scope="session")
 def fashion_mnist_dir() -> Path:
     """The Debian package's Fashion-MNIST files (install dataset-fashion-mnist)."""
     if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():

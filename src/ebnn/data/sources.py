@@ -201,6 +201,15 @@ def load_dataset(source: str, split: str = "train", data_dir: str | Path | None 
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    path = Path(source).expanduser()
+    named = source in SOURCES
+    is_ts = not named and is_ts_path(path) and not path.is_dir()
+    if series is not None and series != SeriesOptions() and not is_ts:
+        raise DataError(f"{source}: padding and truncating series (--pad, --truncate, "
+                        "--series-length) apply to .ts files only")
+    if channels is not None and (named or path.suffix.lower() != ".csv"):
+        raise DataError(f"{source}: --channels applies to .csv files only (a .npz holds "
+                        "signals as (N, C, T), a .ts file declares its channels)")
     if source == "digits":
         return _load_digits(split)
     if source in ("mnist", "fashion-mnist"):
@@ -210,14 +219,6 @@ def load_dataset(source: str, split: str = "train", data_dir: str | Path | None 
     if source == "svhn":
         return _load_svhn(split, _named_dir(source, data_dir))
 
-    path = Path(source).expanduser()
-    is_ts = is_ts_path(path) and not path.is_dir()
-    if series is not None and series != SeriesOptions() and not is_ts:
-        raise DataError(f"{source}: padding and truncating series (--pad, --truncate, "
-                        "--series-length) apply to .ts files only")
-    if channels is not None and path.suffix.lower() != ".csv":
-        raise DataError(f"{source}: --channels applies to .csv files only (a .npz holds "
-                        "signals as (N, C, T), a .ts file declares its channels)")
     if path.is_dir():
         images, labels = find_idx_pair(path, "train" if split == "train" else "t10k")
         x, y = load_idx_pair(images, labels)

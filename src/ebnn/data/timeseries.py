@@ -236,21 +236,20 @@ def _values(err: _Errors, line: int, channel: int, text: str, drop_trailing_miss
     return out
 
 
-def _split_case(err: _Errors, n: int, s: str, channels: int | None, labels: list[str],
-                last: bool) -> tuple[list[str], str]:
+def _split_case(err: _Errors, n: int, s: str, channels: int | None, labels: list[str]
+                ) -> tuple[list[str], str]:
     """A case line's channel texts and its label."""
     fields = s.split(":")
     if channels is not None and len(fields) != channels + 1:
         got = len(fields) - 1
-        if len(fields) < channels + 1 and last:
-            raise err.at(n, f"the file looks truncated: the last case ends after {len(fields)} "
-                            f"of {channels + 1} ':'-separated fields ({channels} channels "
-                            "and the label)")
+        if len(fields) < channels + 1 and n == err.unterminated:  # err.at says "truncated"
+            raise err.at(n, f"the case ends after {len(fields)} of {channels + 1} "
+                            f"':'-separated fields ({channels} channels and the label)")
         if len(fields) == channels and "," in fields[-1]:
             raise err.at(n, f"missing label: the case has {channels} channels but no class "
                             "label after the last ':'")
-        raise err.at(n, f"{got} channels, expected {channels} (from @dimensions or the first "
-                        "case)")
+        raise err.at(n, f"{got} channel{'' if got == 1 else 's'}, expected {channels} (from "
+                        "@dimensions or the first case)")
     if len(fields) < 2:
         raise err.at(n, "missing label: a case needs its channels, ':' and the class label")
     label = fields[-1].strip()
@@ -308,8 +307,8 @@ def read_ts(path: str | Path, options: SeriesOptions | None = None,
     channels = header.dimensions
     cases: list[tuple[int, list[list[float]]]] = []
     y = []
-    for i, (n, s) in enumerate(body):
-        texts, label = _split_case(err, n, s, channels, names, i == len(body) - 1)
+    for n, s in body:
+        texts, label = _split_case(err, n, s, channels, names)
         channels = len(texts)
         series = [_values(err, n, c, t, opts.adjusts) for c, t in enumerate(texts)]
         cases.append((n, series))

@@ -51,7 +51,9 @@ def random_shift(x: torch.Tensor, max_shift: int,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Shift every image of the batch ``x`` (N, C, H, W) by its own random offset of
     ``-max_shift..max_shift`` pixels in each direction; pixels moved in from outside are
-    0. Returns a new tensor of the same dtype (``uint8`` in, ``uint8`` out) and device.
+    0. An axis of length 1 is not shifted: a signal (C, 1, T) moves in time only, a feature
+    vector (F, 1, 1) not at all (a shift across it would blank the whole example).
+    Returns a new tensor of the same dtype (``uint8`` in, ``uint8`` out) and device.
     Random numbers come from ``generator`` (on its device) when given."""
     if x.dim() != 4:
         raise ValueError(f"need an (N, C, H, W) batch, got shape {tuple(x.shape)}")
@@ -66,6 +68,8 @@ def random_shift(x: torch.Tensor, max_shift: int,
     gen_device = generator.device if generator is not None else x.device
     dy, dx = torch.randint(-m, m + 1, (2, n), generator=generator,
                            device=gen_device).to(x.device)
+    # Drawn for both axes either way, so images see the same random stream as before.
+    dy, dx = dy * (h > 1), dx * (w > 1)
     # Output pixel (i, j) of image k reads padded pixel (i + m - dy_k, j + m - dx_k).
     rows = (torch.arange(h, device=x.device)[None, :] + m - dy[:, None])  # (N, H)
     cols = (torch.arange(w, device=x.device)[None, :] + m - dx[:, None])  # (N, W)
