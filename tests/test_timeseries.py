@@ -211,6 +211,8 @@ def test_pad_repeats_the_last_value_and_truncate_keeps_the_first_steps(tmp_path)
         read_ts(path, SeriesOptions(5, truncate=True))
     with pytest.raises(TsFormatError, match="--pad with --truncate needs --series-length"):
         read_ts(path, SeriesOptions(pad=True, truncate=True))
+    declared = write(tmp_path, "decl.ts", HEADER + "1,2:3,4:up\n1,2,3,4:5,6,7,8:down\n")
+    assert read_ts(declared, SeriesOptions(pad=True, truncate=True)).values.shape == (2, 2, 3)
     # Only trailing missing values are dropped; a gap inside a series stays an error.
     gap = write(tmp_path, "gap.ts", HEADER + "1,?,3:4,5,6:up\n")
     with pytest.raises(TsFormatError, match="line 9: missing value '\\?' in channel 0 at step 1"):

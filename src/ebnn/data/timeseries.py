@@ -58,7 +58,8 @@ class SeriesOptions:
 
     ``length``: the length every series is brought to (default: the training set's
     length when a quantiser is given, else the longest series with ``pad``, the shortest
-    with ``truncate``). ``pad``: lengthen shorter series by repeating their last value.
+    with ``truncate``, the file's ``@seriesLength`` with both). ``pad``: lengthen shorter
+    series by repeating their last value.
     ``truncate``: keep only the first ``length`` values of longer series. With neither,
     a series of another length is an error.
     """
@@ -109,7 +110,6 @@ class _Header:
     problem: str | None = None
     univariate: bool | None = None
     dimensions: int | None = None
-    equal_length: bool | None = None
     series_length: int | None = None
     labels: list[str] | None = None
     data_line: int = 0  # line number of @data
@@ -171,8 +171,6 @@ def _parse_header(err: _Errors, lines: list[str]) -> _Header:
             h.univariate = _flag(err, n, tag, value)
         elif key == "@dimensions":
             h.dimensions = _count(err, n, tag, value)
-        elif key == "@equallength":
-            h.equal_length = _flag(err, n, tag, value)
         elif key == "@serieslength":
             h.series_length = _count(err, n, tag, value)
         elif key == "@classlabel":
@@ -188,7 +186,7 @@ def _parse_header(err: _Errors, lines: list[str]) -> _Header:
             h.labels = names
         elif key == "@targetlabel" and _flag(err, n, tag, value):
             raise err.at(n, "a regression file (@targetLabel true); ebnn trains classifiers")
-        # other tags (@missing, ...) say nothing the cases do not show
+        # other tags (@equalLength, @missing, ...) say nothing the cases do not show
     if h.labels is None:
         raise err.at(h.data_line, "no @classLabel line before @data: ebnn needs the class "
                                   "labels declared (@classLabel true <labels>)")
