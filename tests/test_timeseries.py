@@ -291,7 +291,7 @@ def test_per_channel_quantiser_formula_and_round_trip():
     assert again == q and np.array_equal(again(v.reshape(50, 21)), codes.reshape(50, 21))
 
 
-def test_npz_and_csv_signals(tmp_path):
+def test_npz_and_csv_signals(tmp_path, capsys):
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1, (6, 2, 4)) * [[10.0], [0.1]]
     y = np.array([0, 1, 2, 0, 1, 2])
@@ -307,6 +307,17 @@ def test_npz_and_csv_signals(tmp_path):
     assert csv.quantizer == npz.quantizer and np.array_equal(csv.x, npz.x)
     flat = load_dataset(str(tmp_path / "sig.csv"))  # without channels: 8 features
     assert flat.x.shape == (6, 8, 1, 1)
+    out = tmp_path / "csv.pt"
+    assert main(["train", "--data", str(tmp_path / "sig.csv"), "--channels", "2", "--model",
+                 "bnn-mlp:8", "--epochs", "1", "--val-fraction", "0", "--out", str(out),
+                 "--threads", "1", "--no-progress"]) == 0
+    assert load_checkpoint(out).spec.input_shape == (2, 1, 4)
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(tmp_path / "sig.npz"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 6  # the same signals from a .npz
+    line = _error_line(capsys, ["eval", str(out), "--data", str(tmp_path / "sig.csv")])
+    assert line.endswith("sig.csv test data has input shape [8, 1, 1] but the model expects "
+                         "[2, 1, 4]")
     # A test file with the training quantiser, even if it is stored as integers.
     np.savez(tmp_path / "int.npz", x=np.rint(x).astype(np.int16), y=y)
     test = load_dataset(str(tmp_path / "int.npz"), "test", quantizer=npz.quantizer)
