@@ -288,7 +288,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="a named source (digits, mnist, fashion-mnist, cifar10, svhn) or a "
                         ".npz/.csv/.ts file or IDX directory")
     p.add_argument("--data-dir", metavar="DIR", help="where a named source's files are")
-    g = p.add_argument_group("time series (.ts files; see README 'Time-series data')")
+    g = p.add_argument_group("signals (.ts files, .csv rows; see README 'Time-series data')")
     g.add_argument("--pad", action="store_true",
                    help="pad shorter series by repeating their last value")
     g.add_argument("--truncate", action="store_true",
