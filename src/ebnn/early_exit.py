@@ -81,7 +81,6 @@ def _binary_layer(layer: IntLayer, bits: np.ndarray, word_bits: int, chunk: int,
                   order: np.ndarray | None, count: LayerCount) -> np.ndarray:
     """Output bits of one popcount layer, evaluated with early exit; fills ``count``."""
     hc, wc, o = layer.conv_shape
-    n = bits.shape[0]
     ph, pw = layer.padding
     a = np.pad(pack(bits, word_bits), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     w = pack(layer.weights, word_bits)  # (O, KH, KW, Cw)
