@@ -390,3 +390,57 @@ def test_search_space_proposes_1d_blocks_for_signals():
     assert describe(square) == "c8k5s/p2-c16k3v/p2"
     text = summarize(spec).to_table()
     assert "conv 1x5 same (w), pool 1x2" in text
+
+
+# ---- streaming from a ring buffer (README) ------------------------------------------------
+STREAM_C = r"""
+#include <stdio.h>
+#include <string.h>
+#include "sig_model.h"
+
+static uint8_t ring[2 * SIG_INPUT_BYTES];  /* 2 T samples of C channels */
+static int head;                           /* the oldest sample, 0 .. T-1 */
+
+static int push_and_classify(const uint8_t sample[SIG_INPUT_C])
+{
+    memcpy(ring + head * SIG_INPUT_C, sample, SIG_INPUT_C);
+    memcpy(ring + (head + SIG_INPUT_W) * SIG_INPUT_C, sample, SIG_INPUT_C);
+    head = (head + 1) % SIG_INPUT_W;
+    return sig_predict(ring + head * SIG_INPUT_C);  /* the last T samples, in order */
+}
+
+int main(int argc, char **argv)
+{
+    uint8_t sample[SIG_INPUT_C];
+    FILE *f = fopen(argv[1], "rb");
+    (void)argc;
+    while (fread(sample, 1, sizeof sample, f) == sizeof sample) {
+        printf("%d\n", push_and_classify(sample));
+    }
+    fclose(f);
+    return 0;
+}
+"""
+
+
+@needs_gcc
+def test_streaming_ring_buffer_classifies_in_place(models, tmp_path):
+    """The README's ring buffer: each new sample classifies the last T samples straight
+    from the caller's buffer, as the engine does on the same sliding windows."""
+    model = models["signal_same"]
+    c, _, t = model.input_shape
+    stream = np.random.default_rng(7).integers(0, 256, size=(3 * t, c), dtype=np.uint8)
+    export = export_c(model, tmp_path, name="sig")
+    (tmp_path / "stream.c").write_text(STREAM_C)
+    exe = tmp_path / "stream"
+    subprocess.run(["gcc", "-std=c99", "-O1", "-Wall", "-Werror", "-I", str(tmp_path),
+                    str(export.source), str(tmp_path / "stream.c"), "-o", str(exe)],
+                   check=True, capture_output=True, timeout=120)
+    (tmp_path / "stream.bin").write_bytes(stream.tobytes())
+    out = subprocess.run([str(exe), str(tmp_path / "stream.bin")], capture_output=True,
+                         text=True, check=True, timeout=60).stdout.split()
+    got = np.array([int(v) for v in out])[t - 1:]  # from the first full window on
+    windows = np.stack([stream[i:i + t] for i in range(len(stream) - t + 1)])  # (N, T, C)
+    expected = engine.predict(model, np.ascontiguousarray(windows.transpose(0, 2, 1))[:, :, None])
+    np.testing.assert_array_equal(got, expected)
+    assert len(np.unique(expected)) > 1
