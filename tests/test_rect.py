@@ -155,7 +155,7 @@ def c_scores(model: IntegerModel, x: np.ndarray, out_dir: Path, cflags: tuple[st
 
 
 # (word bits, mode, early exit, cflags): every word size, both modes, every mismatch mode
-C_VARIANTS = [(32, "fused", False, ("-O1",)),
+C_VARIANTS = [(32, "fused", False, ("-O1",)), (8, "fused", False, ("-O1",)),
               (8, "materialized", True, ("-O1", "-DEBNN_MISM_MODE=0")),
               (16, "fused", True, ("-O2", "-DEBNN_MISM_MODE=1")),
               (32, "materialized", True, ("-O1", "-DEBNN_MISM_MODE=2"))]
@@ -207,7 +207,7 @@ def test_hostc_and_square_c_calls(models, tmp_path):
 
 
 EMULATED = {"cortex-m0plus": [(32, "fused", 0, "SWAR"), (16, "materialized", 1, "SWAR")],
-            "atmega328p": [(8, "fused", 1, "BYTE_TABLE")]}
+            "atmega328p": [(8, "fused", 0, "BYTE_TABLE"), (8, "materialized", 1, "BYTE_TABLE")]}
 
 
 @pytest.mark.slow
