@@ -444,3 +444,14 @@ def test_streaming_ring_buffer_classifies_in_place(models, tmp_path):
     expected = engine.predict(model, np.ascontiguousarray(windows.transpose(0, 2, 1))[:, :, None])
     np.testing.assert_array_equal(got, expected)
     assert len(np.unique(expected)) > 1
+
+
+def test_census_of_a_signal_plans_1d_candidates():
+    from ebnn.search.budget import Budget
+    from ebnn.search.census import census
+
+    c = census(SearchSpace(), [3, 1, 64], 4, Budget(2048, 32768), draws=60)
+    assert c.feasible > 0 and c.seed is not None
+    convs = [b for b in c.seed.spec.blocks if b.type == "conv"]
+    assert convs and all(b.kernel[0] == 1 and b.pool[0] == 1 and b.padding[0] == 0
+                         for b in convs)
