@@ -39,6 +39,7 @@ from report import ROOT, command_line, machine, markdown_table, write_section  #
 
 from ebnn import engine, fast, hostc, load_spec  # noqa: E402
 from ebnn.fold import fold, load_integer_model  # noqa: E402
+from ebnn.spec import pair_text  # noqa: E402
 from ebnn.testing import calibrated_random_model, random_inputs  # noqa: E402
 
 MNIST_DIR = Path(os.environ.get("EBNN_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
@@ -225,7 +226,7 @@ def profile_rows(isa: str) -> list[dict]:
             best = seconds if best is None else np.minimum(best, seconds)
         steps = ["input"] + [f"{i}: {layer.kind} {layer.kernel[0]}x{layer.kernel[1]} "
                              f"{layer.in_shape[2]}->{layer.out_channels}"
-                             f"{' pool' + str(layer.pool) if layer.pool > 1 else ''}"
+                             f"{' pool' + pair_text(layer.pool) if layer.pool != (1, 1) else ''}"
                              for i, layer in enumerate(model.layers)]
         total = best.sum()
         for step, sec in zip(steps, best, strict=True):

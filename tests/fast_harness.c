@@ -11,7 +11,7 @@
 
 #include "ebnn_fast.c"
 
-#define FIELDS 19
+#define FIELDS 21
 #define ARRAYS 9
 
 static void *read_array(FILE *f, int *ok)

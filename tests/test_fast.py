@@ -52,6 +52,14 @@ SHAPES = {
     "concat_taps": ([1, 10, 9], 3, [conv(8, padding=1, pool=2), conv(16, padding=1),
                                     conv(2, kernel=2), conv(1, kernel=3, padding=1),
                                     {"type": "dense", "units": 16}]),
+    # a 1-D signal (C, 1, T): 1x5 "same" along time, pools 1x2 and 1x3 that do not divide
+    "signal_1d": ([3, 1, 37], 3, [conv(8, kernel=[1, 5], padding=[0, 2], pool=[1, 2]),
+                                  conv(16, kernel=[1, 3], padding=[0, 1], pool=[1, 3]),
+                                  conv(2, kernel=[1, 2])]),
+    # rectangular kernels and pools, "same" on one axis each, a grey first layer
+    "rect_2d": ([1, 9, 13], 3, [conv(12, kernel=[3, 5], padding=[1, 0], pool=[2, 3]),
+                                conv(20, kernel=[1, 3], padding=[0, 1], pool=[2, 1]),
+                                {"type": "dense", "units": 10}]),
 }
 
 
@@ -249,7 +257,8 @@ def test_arm64_builds_under_qemu(models, isa, tmp_path):
                     "-Werror", *ISA_FLAGS[isa][0], "-I", str(SOURCE_DIR),
                     str(Path(__file__).parent / "fast_harness.c"), "-o", str(exe)],
                    check=True, capture_output=True)
-    for name in ("conv_pool_same_rgb", "concat_taps", "grey_27_filters", "mlp", "wide_rows"):
+    for name in ("conv_pool_same_rgb", "concat_taps", "grey_27_filters", "mlp", "wide_rows",
+                 "signal_1d", "rect_2d"):
         model = models[name]
         x = inputs_for(model, 20)
         _dump_packed(model, tmp_path / "m.bin")

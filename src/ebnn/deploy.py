@@ -11,7 +11,9 @@ is section 8 there::
 
 Every layer is a convolution over an HWC map (dense layers cover the whole map). Layers
 that emit bits carry per-channel ``threshold``/``flip`` (``bit = OR_pool(z >= T) XOR
-flip``); the output layer carries fixed-point ``scale``/``bias`` with ``shift``.
+flip``); the output layer carries fixed-point ``scale``/``bias`` with ``shift``. Kernels,
+padding and pooling are rectangular: ``padding`` and ``pool`` are ``(h, w)`` pairs (an
+integer given to :class:`IntLayer` means both axes).
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from typing import Any
 import numpy as np
 
 MAGIC = b"EBNNMDL\0"
-VERSION = 1
+VERSION = 2
+#: Versions this ebnn reads. Version 1 stored ``padding`` and ``pool`` as one integer for
+#: both axes; version 2 stores an integer when both axes agree, else ``[h, w]``.
+READABLE_VERSIONS = (1, 2)
 _HEADER = struct.Struct("<8sIQ32s")
 _OPTIONAL_ARRAYS = ("threshold", "flip", "scale", "bias", "tap_order")
 
@@ -44,8 +49,8 @@ class IntLayer:
     kind: str  # "conv" | "dense" | "output"
     in_shape: tuple[int, int, int]  # (H, W, C) of the input map
     weights: np.ndarray
-    padding: int = 0
-    pool: int = 1
+    padding: tuple[int, int] = (0, 0)  # (rows, columns) skipped around the input
+    pool: tuple[int, int] = (1, 1)  # (rows, columns) of the max-pool window and stride
     mode: str = "fused"
     first: bool = False  # reads the uint8 input (with offsets) instead of bits
     threshold: np.ndarray | None = None  # int32 (O,): bit layers
@@ -54,6 +59,10 @@ class IntLayer:
     bias: np.ndarray | None = None  # int64 (O,): output layer, Bias_j
     shift: int = 0  # output layer: scores are (A z + Bias) / 2**shift
     tap_order: np.ndarray | None = None  # int (KH*KW,): early-exit evaluation order of taps
+
+    def __post_init__(self) -> None:
+        self.padding = _pair(self.padding)
+        self.pool = _pair(self.pool)
 
     @property
     def out_channels(self) -> int:
@@ -68,13 +77,14 @@ class IntLayer:
         """(H, W, O) of the pre-pool map."""
         h, w, _ = self.in_shape
         kh, kw = self.kernel
-        p = self.padding
-        return h + 2 * p - kh + 1, w + 2 * p - kw + 1, self.out_channels
+        ph, pw = self.padding
+        return h + 2 * ph - kh + 1, w + 2 * pw - kw + 1, self.out_channels
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
+        """(H, W, O) after pooling (floor: a partial last window is dropped)."""
         h, w, o = self.conv_shape
-        return h // self.pool, w // self.pool, o
+        return h // self.pool[0], w // self.pool[1], o
 
     @property
     def fan_in(self) -> int:
@@ -108,8 +118,9 @@ class IntegerModel:
         arrays: dict[str, np.ndarray] = {"input_offset": np.asarray(self.input_offset, np.int32)}
         layers_meta = []
         for i, layer in enumerate(self.layers):
-            lm = {"kind": layer.kind, "in_shape": list(layer.in_shape), "padding": layer.padding,
-                  "pool": layer.pool, "mode": layer.mode, "first": layer.first,
+            lm = {"kind": layer.kind, "in_shape": list(layer.in_shape),
+                  "padding": _compact(layer.padding), "pool": _compact(layer.pool),
+                  "mode": layer.mode, "first": layer.first,
                   "shift": layer.shift, "weights_shape": list(layer.weights.shape)}
             layers_meta.append(lm)
             arrays[f"l{i}_weights"] = np.packbits(layer.weights.astype(bool).ravel(),
@@ -134,9 +145,9 @@ class IntegerModel:
         magic, version, length, digest = _HEADER.unpack_from(data)
         if magic != MAGIC:
             raise ModelFileError(f"{source}: not an ebnn deployable model (bad magic)")
-        if version != VERSION:
+        if version not in READABLE_VERSIONS:
             raise ModelFileError(f"{source}: format version {version}, this ebnn reads "
-                                 f"version {VERSION}")
+                                 f"versions {', '.join(map(str, READABLE_VERSIONS))}")
         payload = data[_HEADER.size:]
         if len(payload) != length:
             raise ModelFileError(f"{source}: truncated or padded: payload is {len(payload)} "
@@ -145,7 +156,7 @@ class IntegerModel:
             raise ModelFileError(f"{source}: checksum mismatch: the file is corrupted or "
                                  "was modified")
         try:
-            model = cls._parse(payload)
+            model = cls._parse(payload, version)
         except ModelFileError as e:
             raise ModelFileError(f"{source}: malformed model payload: {e}") from None
         # The checksum passed, which a modified payload signed again also does: check
@@ -155,7 +166,7 @@ class IntegerModel:
         return validate_integer_model(model, source)
 
     @classmethod
-    def _parse(cls, payload: bytes) -> IntegerModel:
+    def _parse(cls, payload: bytes, version: int = VERSION) -> IntegerModel:
         """The model in a payload, with every field's JSON type checked (values are
         checked by :func:`ebnn.validate.validate_integer_model`)."""
         try:
@@ -189,8 +200,8 @@ class IntegerModel:
                          if f"l{i}_{k}" in npz.files}
                 layers.append(IntLayer(
                     kind=_typed(lm, "kind", str), in_shape=tuple(_typed(lm, "in_shape", list)),
-                    weights=bits, padding=_typed(lm, "padding", int),
-                    pool=_typed(lm, "pool", int), mode=_typed(lm, "mode", str),
+                    weights=bits, padding=_sizes(lm, "padding", version),
+                    pool=_sizes(lm, "pool", version), mode=_typed(lm, "mode", str),
                     first=_typed(lm, "first", bool), shift=_typed(lm, "shift", int), **extra))
             return cls(name=_typed(meta, "name", str),
                        input_shape=tuple(_typed(meta, "input_shape", list)),
@@ -238,6 +249,34 @@ def _typed(d: dict, key: str, kind: type, optional: bool = False) -> Any:
     if not ok:
         raise ModelFileError(f"metadata field {key!r} must be {kind.__name__}, got {v!r}")
     return v
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    """``(h, w)`` from an integer (both axes) or a pair; anything else is kept for
+    :func:`ebnn.validate.validate_integer_model` to name."""
+    if isinstance(v, int | np.integer) and not isinstance(v, bool):
+        return int(v), int(v)
+    if isinstance(v, list | tuple) and len(v) == 2 and all(
+            isinstance(e, int | np.integer) and not isinstance(e, bool) for e in v):
+        return int(v[0]), int(v[1])
+    return v
+
+
+def _compact(v: tuple[int, int]) -> int | list[int]:
+    """How a size is written: an integer when both axes agree (as in version 1)."""
+    return int(v[0]) if v[0] == v[1] else [int(v[0]), int(v[1])]
+
+
+def _sizes(d: dict, key: str, version: int) -> tuple[int, int]:
+    """A per-axis size field: an integer (both axes), or from version 2 on ``[h, w]``."""
+    if version >= 2 and isinstance(d.get(key), list):
+        v = d[key]
+        if len(v) != 2 or not all(_whole(e) for e in v):
+            raise ModelFileError(f"metadata field {key!r} must be an integer or [h, w], "
+                                 f"got {v!r}")
+        return int(v[0]), int(v[1])
+    n = _typed(d, key, int)
+    return n, n
 
 
 def _array(npz: Any, key: str, dtype: type) -> np.ndarray:

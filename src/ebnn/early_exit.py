@@ -81,9 +81,8 @@ def _binary_layer(layer: IntLayer, bits: np.ndarray, word_bits: int, chunk: int,
                   order: np.ndarray | None, count: LayerCount) -> np.ndarray:
     """Output bits of one popcount layer, evaluated with early exit; fills ``count``."""
     hc, wc, o = layer.conv_shape
-    n = bits.shape[0]
-    p = layer.padding
-    a = np.pad(pack(bits, word_bits), ((0, 0), (p, p), (p, p), (0, 0)))
+    ph, pw = layer.padding
+    a = np.pad(pack(bits, word_bits), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     w = pack(layer.weights, word_bits)  # (O, KH, KW, Cw)
     valid = engine._valid_taps(layer)  # (KH, KW, Hc, Wc)
     word_len = _word_bits_per_word(layer.in_shape[2], word_bits)
@@ -114,17 +113,13 @@ def _binary_layer(layer: IntLayer, bits: np.ndarray, word_bits: int, chunk: int,
     fires = z_partial[..., -1] >= t[..., 0]  # exact: the decision equals the final result
 
     # Pool positions in row-major window order; the OR stops at the first firing one.
-    s = layer.pool
-    ho, wo = hc // s, wc // s
-    def windows(v: np.ndarray) -> np.ndarray:
-        v = v[:, :ho * s, :wo * s].reshape(n, ho, s, wo, s, o)
-        return v.transpose(0, 1, 3, 5, 2, 4).reshape(n, ho, wo, o, s * s)
-    fire_w = windows(fires)
-    used_w = windows(words_used)
-    full_w = windows(np.broadcast_to(total_words[..., 0], fires.shape))
+    fire_w = _pool_windows(layer, fires)
+    used_w = _pool_windows(layer, words_used)
+    full_w = _pool_windows(layer, np.broadcast_to(total_words[..., 0], fires.shape))
     any_fire = fire_w.any(axis=-1)
-    last = np.where(any_fire, np.argmax(fire_w, axis=-1), s * s - 1)
-    evaluated = np.arange(s * s) <= last[..., None]
+    size = fire_w.shape[-1]
+    last = np.where(any_fire, np.argmax(fire_w, axis=-1), size - 1)
+    evaluated = np.arange(size) <= last[..., None]
     count.full_word_ops += int(full_w.sum())
     count.done_word_ops += int((used_w * evaluated).sum())
     count.full_positions += int(fire_w.size)
@@ -132,17 +127,22 @@ def _binary_layer(layer: IntLayer, bits: np.ndarray, word_bits: int, chunk: int,
     return any_fire ^ layer.flip
 
 
+def _pool_windows(layer: IntLayer, v: np.ndarray) -> np.ndarray:
+    """(N, Hc, Wc, O) → (N, Ho, Wo, O, ph * pw): each pool window's positions, row-major
+    (a partial last window is dropped, as everywhere)."""
+    ph, pw = layer.pool
+    n, hc, wc, o = v.shape
+    ho, wo = hc // ph, wc // pw
+    v = v[:, :ho * ph, :wo * pw].reshape(n, ho, ph, wo, pw, o)
+    return v.transpose(0, 1, 3, 5, 2, 4).reshape(n, ho, wo, o, ph * pw)
+
+
 def _first_layer(layer: IntLayer, x: np.ndarray, offset: np.ndarray, count: LayerCount
                  ) -> np.ndarray:
     z = engine.layer_z(layer, x, offset)
-    fires = z >= layer.threshold.astype(np.int64)
-    s = layer.pool
-    n, hc, wc, o = fires.shape
-    ho, wo = hc // s, wc // s
-    fw = fires[:, :ho * s, :wo * s].reshape(n, ho, s, wo, s, o)
-    fw = fw.transpose(0, 1, 3, 5, 2, 4).reshape(n, ho, wo, o, s * s)
+    fw = _pool_windows(layer, z >= layer.threshold.astype(np.int64))
     any_fire = fw.any(axis=-1)
-    last = np.where(any_fire, np.argmax(fw, axis=-1), s * s - 1)
+    last = np.where(any_fire, np.argmax(fw, axis=-1), fw.shape[-1] - 1)
     count.full_positions += int(fw.size)
     count.done_positions += int((last + 1).sum())
     return any_fire ^ layer.flip
@@ -183,8 +183,8 @@ def decisive_tap_order(model: IntegerModel, x: np.ndarray, word_bits: int = 32
         else:
             kh, kw = layer.kernel
             hc, wc, _ = layer.conv_shape
-            p = layer.padding
-            a = np.pad(pack(act, word_bits), ((0, 0), (p, p), (p, p), (0, 0)))
+            ph, pw = layer.padding
+            a = np.pad(pack(act, word_bits), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
             w = pack(layer.weights, word_bits)
             c = layer.in_shape[2]
             strength = np.zeros(kh * kw)

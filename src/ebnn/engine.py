@@ -46,9 +46,9 @@ def _valid_taps(layer: IntLayer) -> np.ndarray:
     h, w, _ = layer.in_shape
     kh, kw = layer.kernel
     hc, wc, _ = layer.conv_shape
-    p = layer.padding
-    ys = np.arange(hc)[None, :] + np.arange(kh)[:, None] - p  # (KH, Hc) input row
-    xs = np.arange(wc)[None, :] + np.arange(kw)[:, None] - p  # (KW, Wc) input column
+    ph, pw = layer.padding
+    ys = np.arange(hc)[None, :] + np.arange(kh)[:, None] - ph  # (KH, Hc) input row
+    xs = np.arange(wc)[None, :] + np.arange(kw)[:, None] - pw  # (KW, Wc) input column
     vy = (ys >= 0) & (ys < h)
     vx = (xs >= 0) & (xs < w)
     return vy[:, None, :, None] & vx[None, :, None, :]
@@ -57,10 +57,10 @@ def _valid_taps(layer: IntLayer) -> np.ndarray:
 def _first_layer_z(layer: IntLayer, x: np.ndarray, offset: np.ndarray) -> np.ndarray:
     """int64 (N, Hc, Wc, O): sum over valid taps of w * (x - offset)."""
     kh, kw = layer.kernel
-    p = layer.padding
+    ph, pw = layer.padding
     centred = x.astype(np.int32) - offset.astype(np.int32)  # (N, H, W, C)
     # Zero padding of the centred input is exactly "skip the tap" (FORMAT.md section 4).
-    centred = np.pad(centred, ((0, 0), (p, p), (p, p), (0, 0)))
+    centred = np.pad(centred, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     windows = sliding_window_view(centred, (kh, kw), axis=(1, 2))  # (N, Hc, Wc, C, KH, KW)
     windows = windows.transpose(0, 1, 2, 4, 5, 3)  # (N, Hc, Wc, KH, KW, C)
     n, hc, wc = windows.shape[:3]
@@ -75,9 +75,9 @@ def _binary_layer_z(layer: IntLayer, bits: np.ndarray, word_bits: int) -> np.nda
     kh, kw = layer.kernel
     hc, wc, o = layer.conv_shape
     c = layer.in_shape[2]
-    p = layer.padding
+    ph, pw = layer.padding
     a = pack(bits, word_bits)  # (N, H, W, Cw)
-    a = np.pad(a, ((0, 0), (p, p), (p, p), (0, 0)))  # padded taps are masked out below
+    a = np.pad(a, ((0, 0), (ph, ph), (pw, pw), (0, 0)))  # padded taps are masked out below
     w = pack(layer.weights, word_bits)  # (O, KH, KW, Cw)
     valid = _valid_taps(layer)
     z = np.zeros((bits.shape[0], hc, wc, o), dtype=np.int64)
@@ -102,11 +102,12 @@ def layer_z(layer: IntLayer, inp: np.ndarray, offset: np.ndarray, word_bits: int
 def threshold_pool(layer: IntLayer, z: np.ndarray) -> np.ndarray:
     """Output bits (N, Ho, Wo, O): ``OR over pool window (z >= T) XOR flip``."""
     fires = z >= layer.threshold.astype(np.int64)
-    p = layer.pool
-    if p > 1:
+    ph, pw = layer.pool
+    if (ph, pw) != (1, 1):
+        # floor: a partial last window (a pool that does not divide the map) is dropped
         n, hc, wc, o = fires.shape
-        ho, wo = hc // p, wc // p
-        fires = fires[:, :ho * p, :wo * p].reshape(n, ho, p, wo, p, o).any(axis=(2, 4))
+        ho, wo = hc // ph, wc // pw
+        fires = fires[:, :ho * ph, :wo * pw].reshape(n, ho, ph, wo, pw, o).any(axis=(2, 4))
     return fires ^ layer.flip
 
 

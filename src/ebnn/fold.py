@@ -111,7 +111,7 @@ def fold(model: BNN, meta: dict | None = None,
             linear = block.linear
             weights = _weights_hwc(linear.weight, shape.in_shape, conv=False)
             kind = "dense" if isinstance(block, DenseBlock) else "output"
-            padding, pool, bn = 0, 1, block.bn
+            padding, pool, bn = (0, 0), (1, 1), block.bn
         else:  # pragma: no cover - BNN only builds these
             raise TypeError(f"cannot fold {type(block).__name__}")
         zmax = _z_bound(weights, offsets if first else None)

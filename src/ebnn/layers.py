@@ -88,12 +88,14 @@ def _warn_bias(layer: str, bias: bool) -> None:
 class BinaryConv2d(nn.Conv2d):
     """Conv2d with ±1 weights (sign of the latent weights), stride 1, zero padding."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
-                 padding: int = 0, bias: bool = False) -> None:
+    def __init__(self, in_channels: int, out_channels: int,
+                 kernel_size: int | tuple[int, int], padding: int | tuple[int, int] = 0,
+                 bias: bool = False) -> None:
         _warn_bias("BinaryConv2d", bias)
-        if padding not in (0, kernel_size // 2):
-            warnings.warn(f"BinaryConv2d: padding {padding} is not 0 or kernel//2; the "
-                          "exporter supports only those", stacklevel=2)
+        ks = _pair(kernel_size)
+        if any(p not in (0, k // 2) for p, k in zip(_pair(padding), ks, strict=True)):
+            warnings.warn(f"BinaryConv2d: padding {padding} is not 0 or kernel//2 on each "
+                          "axis; the exporter supports only those", stacklevel=2)
         super().__init__(in_channels, out_channels, kernel_size, padding=padding, bias=bias)
         mark_latent(self.weight)
 
@@ -113,14 +115,23 @@ class BinaryLinear(nn.Linear):
         return F.linear(x, sign(self.weight), self.bias)
 
 
-class ConvBlock(nn.Module):
-    """eBNN block: binary conv → max-pool (if ``pool > 1``) → batch norm → sign."""
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
-    def __init__(self, in_channels: int, filters: int, kernel: int = 3, padding: int = 0,
-                 pool: int = 1) -> None:
+
+class ConvBlock(nn.Module):
+    """eBNN block: binary conv → max-pool (if ``pool > 1``) → batch norm → sign.
+
+    ``kernel``, ``padding`` and ``pool`` are an integer (square) or ``(h, w)``; a pool
+    that does not divide the map drops the last rows/columns (PyTorch's floor)."""
+
+    def __init__(self, in_channels: int, filters: int, kernel: int | tuple[int, int] = 3,
+                 padding: int | tuple[int, int] = 0, pool: int | tuple[int, int] = 1) -> None:
         super().__init__()
-        self.conv = BinaryConv2d(in_channels, filters, kernel, padding=padding)
-        self.pool = nn.MaxPool2d(pool) if pool > 1 else nn.Identity()
+        kernel, padding, pool = _pair(kernel), _pair(padding), _pair(pool)
+        # Square sizes stay integers, so square blocks are built exactly as before.
+        self.conv = BinaryConv2d(in_channels, filters, _square(kernel), padding=_square(padding))
+        self.pool = nn.MaxPool2d(_square(pool)) if pool != (1, 1) else nn.Identity()
         self.bn = nn.BatchNorm2d(filters)
 
     def preactivation(self, x: Tensor) -> Tensor:
@@ -129,6 +140,10 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return sign(self.preactivation(x))
+
+
+def _square(v: tuple[int, int]) -> int | tuple[int, int]:
+    return v[0] if v[0] == v[1] else v
 
 
 class DenseBlock(nn.Module):

@@ -170,8 +170,12 @@ def _spans(n: int, chunk: int | None) -> list[tuple[int, int]]:
     return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
-def _pool_size(block: nn.Module) -> int:
-    return block.pool.kernel_size if isinstance(block.pool, nn.MaxPool2d) else 1
+def _pool_size(block: nn.Module) -> tuple[int, int]:
+    """(kh, kw) of the block's max-pool ((1, 1) without one)."""
+    if not isinstance(block.pool, nn.MaxPool2d):
+        return 1, 1
+    k = block.pool.kernel_size
+    return (k, k) if isinstance(k, int) else (int(k[0]), int(k[1]))
 
 
 class _Kept:
@@ -216,16 +220,18 @@ class _Kept:
         return x if self.conv else x.flatten(1)
 
 
-def _window_base(z_shape: tuple[int, ...], k: int, device: torch.device) -> Tensor:
+def _window_base(z_shape: tuple[int, ...], k: tuple[int, int], device: torch.device
+                 ) -> Tensor:
     """Flat index of each pooling window's top-left corner in its (H, W) plane."""
-    oh, ow, w = z_shape[-2] // k, z_shape[-1] // k, z_shape[-1]
-    return (torch.arange(oh, device=device) * (k * w)).view(-1, 1) + \
-        torch.arange(ow, device=device) * k
+    kh, kw = k
+    oh, ow, w = z_shape[-2] // kh, z_shape[-1] // kw, z_shape[-1]
+    return (torch.arange(oh, device=device) * (kh * w)).view(-1, 1) + \
+        torch.arange(ow, device=device) * kw
 
 
-def _offset_dtype(width: int, k: int) -> torch.dtype:
-    """Smallest integer type for a position ``dy * W + dx`` inside a k×k pooling window."""
-    reach = (k - 1) * (width + 1)
+def _offset_dtype(width: int, k: tuple[int, int]) -> torch.dtype:
+    """Smallest integer type for a position ``dy * W + dx`` inside a kh×kw pooling window."""
+    reach = (k[0] - 1) * width + (k[1] - 1)
     return torch.uint8 if reach < 256 else torch.int16 if reach < 2**15 else torch.int32
 
 
@@ -247,7 +253,7 @@ def _conv_pool(block: nn.Module, rows: Callable[[int, int], Tensor], n: int, wb:
     for i, j in _spans(n, chunk):
         z = block.conv._conv_forward(rows(i, j), wb, None)
         z_shape = tuple(z.shape)
-        if k == 1:
+        if k == (1, 1):
             if pooled is None:
                 pooled = z if j == n else z.new_empty((n, *z.shape[1:]))
             if pooled is not z:
@@ -255,13 +261,14 @@ def _conv_pool(block: nn.Module, rows: Callable[[int, int], Tensor], n: int, wb:
             continue
         if pooled is None:  # the first chunk is the largest
             c, h, w = z.shape[1:]
-            pooled = z.new_empty((n, c, h // k, w // k))
-            idx = torch.empty((j - i, c, h // k, w // k), dtype=torch.long, device=z.device)
+            pooled = z.new_empty((n, c, h // k[0], w // k[1]))
+            idx = torch.empty((j - i, c, h // k[0], w // k[1]), dtype=torch.long,
+                              device=z.device)
             if window:
                 win = torch.empty(pooled.shape, dtype=_offset_dtype(w, k), device=z.device)
                 base = _window_base(z_shape, k, z.device)
         m = j - i
-        torch.ops.aten.max_pool2d_with_indices.out(z, [k, k], [k, k], [0, 0], [1, 1], False,
+        torch.ops.aten.max_pool2d_with_indices.out(z, list(k), list(k), [0, 0], [1, 1], False,
                                                    out=pooled[i:j], indices=idx[:m])
         if win is not None:
             win[i:j].copy_(idx[:m].sub_(base))
@@ -276,11 +283,12 @@ class _Unpool:
     not overlap, so this equals PyTorch's max-pool backward (which adds into zeros).
     """
 
-    def __init__(self, z_shape: tuple[int, ...], k: int, like: Tensor) -> None:
+    def __init__(self, z_shape: tuple[int, ...], k: tuple[int, int], like: Tensor) -> None:
         m, c, h, w = z_shape  # shape of the largest chunk's conv output
         self.k, self.shape = k, (c, h, w)
         self.base = _window_base(z_shape, k, like.device)
-        self.idx = torch.empty((m, c, h // k, w // k), dtype=torch.long, device=like.device)
+        self.idx = torch.empty((m, c, h // k[0], w // k[1]), dtype=torch.long,
+                               device=like.device)
         self.g_z = like.new_empty((m, c, h * w))
 
     def __call__(self, g: Tensor, offset: Tensor) -> Tensor:

@@ -297,8 +297,8 @@ class _Geometry:
     mode: str
     in_shape: tuple[int, int, int]  # HWC
     kernel: tuple[int, int]
-    padding: int
-    pool: int
+    padding: tuple[int, int]
+    pool: tuple[int, int]
     out_channels: int
 
 
@@ -314,10 +314,10 @@ def _geometry(model: IntegerModel | ModelSpec) -> tuple[str, list[_Geometry], in
             c, h, w = s.in_shape
             b = s.block
             if b.type == "conv":
-                g = _Geometry("conv", s.is_first, b.mode, (h, w, c), (b.kernel, b.kernel),
+                g = _Geometry("conv", s.is_first, b.mode, (h, w, c), b.kernel,
                               b.padding, b.pool, b.filters)
             else:
-                g = _Geometry(b.type, s.is_first, b.mode, (h, w, c), (h, w), 0, 1,
+                g = _Geometry(b.type, s.is_first, b.mode, (h, w, c), (h, w), (0, 0), (1, 1),
                               s.out_shape[0])
             layers.append(g)
         return model.name, layers, int(model.input_shape[0])
@@ -378,8 +378,8 @@ def plan_memory(model: IntegerModel | ModelSpec, word_bits: int = 32,
         h, w, c = g.in_shape
         kh, kw = g.kernel
         o = g.out_channels
-        hc, wc = h + 2 * g.padding - kh + 1, w + 2 * g.padding - kw + 1
-        ho, wo = hc // g.pool, wc // g.pool
+        hc, wc = h + 2 * g.padding[0] - kh + 1, w + 2 * g.padding[1] - kw + 1
+        ho, wo = hc // g.pool[0], wc // g.pool[1]
         weight_bytes = o * kh * kw * _words(c, word_bits) * wbytes
         pixel_bytes = _words(o, word_bits) * wbytes
         buf = i % 2  # layer i writes buffer i % 2 and reads the other one

@@ -22,6 +22,23 @@ Block types (see docs/FORMAT.md section 5):
   ``padding`` is 0 or ``kernel // 2`` ("same"); ``mode`` chooses how the C export computes
   it: ``fused`` recomputes overlapping windows and stores no conv map (least RAM),
   ``materialized`` stores the binary conv map before pooling (fewer instructions).
+
+  **Rectangular kernels.** ``kernel``, ``pool`` and ``padding`` each take one integer
+  (both axes, square) or a list ``[height, width]``: ``kernel: [1, 5]`` convolves along
+  the width only, ``pool: [1, 2]`` halves the width. Padding is per axis too: each is 0
+  or that axis's ``kernel // 2``, and may be written ``"same"`` or ``"valid"`` (one string
+  for both axes, or one per axis: ``padding: [0, "same"]``). A pool that does not divide
+  the map drops the last rows/columns (floor), as PyTorch's ``MaxPool2d`` does. Inside
+  :class:`Block` the three are ``(h, w)`` tuples; :meth:`Block.to_dict` writes an integer
+  when both axes are equal, so square specs read and write exactly as before.
+
+  **1-D signals.** A signal of ``C`` channels and ``T`` samples is the input shape
+  ``[C, 1, T]``: time runs along the width, so the HWC layout keeps the channels of one
+  sample together. Its convolutions use ``kernel: [1, k]`` and ``pool: [1, p]``::
+
+      {"input_shape": [3, 1, 128], "classes": 4, "blocks": [
+          {"type": "conv", "filters": 16, "kernel": [1, 5], "padding": "same",
+           "pool": [1, 2]}, {"type": "output"}]}
 * ``dense``: linear → batch norm → sign.
 * ``output``: linear → batch norm, one score per class. Always the last block.
 
@@ -44,30 +61,88 @@ class SpecError(ValueError):
     """A model spec that cannot be built."""
 
 
+Pair = tuple[int, int]
+PADDING_WORDS = ("same", "valid")
+
+
+def pair_text(v: Pair) -> str:
+    """``3`` for (3, 3), ``1x5`` for (1, 5): how messages name a kernel or pool."""
+    return str(v[0]) if v[0] == v[1] else f"{v[0]}x{v[1]}"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def as_pair(v: Any) -> Pair:
+    """``(h, w)`` from an integer (both axes) or a 2-sequence of integers."""
+    if _is_int(v):
+        return int(v), int(v)
+    if isinstance(v, list | tuple) and len(v) == 2 and all(_is_int(e) for e in v):
+        return int(v[0]), int(v[1])
+    raise SpecError(f"expected an integer or [height, width], got {v!r}")
+
+
+def _padding_pair(v: Any, kernel: Pair) -> Pair:
+    """Per-axis padding: integers, or ``"same"`` (``kernel // 2``) / ``"valid"`` (0)."""
+    def one(e: Any, k: int) -> Any:
+        if isinstance(e, str) and e in PADDING_WORDS:
+            return k // 2 if e == "same" else 0
+        return e
+
+    if isinstance(v, str):
+        return as_pair([one(v, kernel[0]), one(v, kernel[1])])
+    if isinstance(v, list | tuple) and len(v) == 2:
+        return as_pair([one(v[0], kernel[0]), one(v[1], kernel[1])])
+    return as_pair(v)
+
+
 @dataclass(frozen=True)
 class Block:
-    """One block of a model spec; which fields matter depends on ``type``."""
+    """One block of a model spec; which fields matter depends on ``type``.
+
+    ``kernel``, ``padding`` and ``pool`` accept an integer (square) or ``(h, w)`` and are
+    stored as ``(h, w)`` tuples."""
 
     type: str
     filters: int = 0  # conv
-    kernel: int = 3  # conv
-    padding: int = 0  # conv: 0 or kernel // 2
-    pool: int = 1  # conv: 1 means no pooling
+    kernel: Pair = (3, 3)  # conv: (height, width)
+    padding: Pair = (0, 0)  # conv: per axis 0 or kernel // 2
+    pool: Pair = (1, 1)  # conv: (1, 1) means no pooling
     mode: str = "fused"  # conv: fused | materialized
     units: int = 0  # dense
+
+    def __post_init__(self) -> None:
+        kernel = as_pair(self.kernel)
+        object.__setattr__(self, "kernel", kernel)
+        object.__setattr__(self, "pool", as_pair(self.pool))
+        object.__setattr__(self, "padding", _padding_pair(self.padding, kernel))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.type}
         if self.type == "conv":
-            d.update(filters=self.filters, kernel=self.kernel, padding=self.padding,
-                     pool=self.pool, mode=self.mode)
+            d.update(filters=self.filters, kernel=_compact(self.kernel),
+                     padding=_compact(self.padding), pool=_compact(self.pool), mode=self.mode)
         elif self.type == "dense":
             d.update(units=self.units)
         return d
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _compact(v: Pair) -> int | list[int]:
+    """An integer when both axes agree (the format of square specs), else [h, w]."""
+    return v[0] if v[0] == v[1] else [v[0], v[1]]
+
+
+def _pair_field_ok(key: str, value: Any) -> bool:
+    """Whether ``value`` is an integer (or a padding word), or a list of two of them."""
+    words = PADDING_WORDS if key == "padding" else ()
+
+    def one(e: Any) -> bool:
+        return _is_int(e) or (isinstance(e, str) and e in words)
+
+    if isinstance(value, list | tuple):
+        return len(value) == 2 and all(one(e) for e in value)
+    return one(value)
 
 
 def _block(i: int, b: Any) -> Block:
@@ -83,7 +158,12 @@ def _block(i: int, b: Any) -> Block:
         want_str = key in ("type", "mode")
         if want_str and not isinstance(value, str):
             raise SpecError(f"block {i}: {key} must be a string, got {value!r}")
-        if not want_str and not _is_int(value):
+        if key in ("kernel", "pool", "padding"):
+            if not _pair_field_ok(key, value):
+                extra = ' ("same", "valid")' if key == "padding" else ""
+                raise SpecError(f"block {i}: {key} must be an integer{extra} or a list "
+                                f"[height, width] of them, got {value!r}")
+        elif not want_str and not _is_int(value):
             raise SpecError(f"block {i}: {key} must be an integer, got {value!r}")
     if "type" not in b:
         raise SpecError(f"block {i}: missing 'type'")
@@ -109,7 +189,7 @@ class BlockShape:
         """Number of input values one output neuron sees (interior positions)."""
         c, h, w = self.in_shape
         if self.block.type == "conv":
-            return c * self.block.kernel * self.block.kernel
+            return c * self.block.kernel[0] * self.block.kernel[1]
         return c * h * w
 
 
@@ -185,10 +265,11 @@ class ModelSpec:
             if b.type == "output" and i != len(self.blocks) - 1:
                 raise SpecError(f"block {i}: 'output' must be the last block")
             if b.type == "conv":
-                if b.filters <= 0 or b.kernel <= 0 or b.pool <= 0:
+                if b.filters <= 0 or min(b.kernel) <= 0 or min(b.pool) <= 0:
                     raise SpecError(f"block {i}: conv needs positive filters, kernel and pool")
-                if b.padding not in (0, b.kernel // 2):
-                    raise SpecError(f"block {i}: padding must be 0 or kernel//2 ({b.kernel // 2})")
+                if any(p not in (0, k // 2) for p, k in zip(b.padding, b.kernel, strict=True)):
+                    half = pair_text((b.kernel[0] // 2, b.kernel[1] // 2))
+                    raise SpecError(f"block {i}: padding must be 0 or kernel//2 ({half})")
                 if b.mode not in CONV_MODES:
                     raise SpecError(f"block {i}: mode must be one of {CONV_MODES}")
             if b.type == "dense" and b.units <= 0:
@@ -204,13 +285,16 @@ class ModelSpec:
             if b.type == "conv":
                 if seen_dense:
                     raise SpecError(f"block {i}: a conv block cannot follow a dense block")
-                h, w = h + 2 * b.padding - b.kernel + 1, w + 2 * b.padding - b.kernel + 1
+                (kh, kw), (ph, pw), (qh, qw) = b.kernel, b.padding, b.pool
+                h, w = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
                 if h <= 0 or w <= 0:
-                    raise SpecError(f"block {i}: kernel {b.kernel} larger than input {in_shape}")
+                    raise SpecError(f"block {i}: kernel {pair_text(b.kernel)} larger than "
+                                    f"input {in_shape}")
                 conv_shape = (b.filters, h, w)
-                h, w = h // b.pool, w // b.pool
+                h, w = h // qh, w // qw
                 if h <= 0 or w <= 0:
-                    raise SpecError(f"block {i}: pool {b.pool} larger than map {conv_shape}")
+                    raise SpecError(f"block {i}: pool {pair_text(b.pool)} larger than map "
+                                    f"{conv_shape}")
                 c = b.filters
             else:
                 seen_dense = True

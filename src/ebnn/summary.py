@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .spec import ModelSpec
+from .spec import ModelSpec, pair_text
 
 WORD_BITS = 32
 
@@ -139,9 +139,10 @@ class Summary:
 
 def _describe(block: Any) -> str:
     if block.type == "conv":
-        k = block.kernel
-        text = f"conv {k}x{k}" + (" same" if block.padding else "")
-        return text + (f", pool {block.pool}" if block.pool > 1 else "")
+        (kh, kw), (ph, pw) = block.kernel, block.padding
+        same = " same" if ph and pw else " same (w)" if pw else " same (h)" if ph else ""
+        text = f"conv {kh}x{kw}{same}"
+        return text + (f", pool {pair_text(block.pool)}" if block.pool != (1, 1) else "")
     return block.type
 
 
@@ -156,7 +157,7 @@ def summarize(model_or_spec: Any) -> Summary:
         b = s.block
         c, h, w = s.in_shape
         oc, oh, ow = s.out_shape
-        kh, kw = (b.kernel, b.kernel) if b.type == "conv" else (h, w)
+        kh, kw = b.kernel if b.type == "conv" else (h, w)
         positions = s.conv_shape[1] * s.conv_shape[2]  # conv outputs before pooling
         macs = oc * positions * kh * kw * c
         binary_out = b.type != "output"

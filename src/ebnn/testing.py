@@ -64,8 +64,10 @@ def random_and_extreme_inputs(model: IntegerModel, n: int, seed: int = 0) -> np.
     return np.concatenate([x, extremes])
 
 
-def conv_block(filters: int, kernel: int = 3, padding: int = 0, pool: int = 1) -> dict:
-    """A ``conv`` block of a spec, as the shape tables of the tests write them."""
+def conv_block(filters: int, kernel: int | list[int] = 3, padding: int | str | list = 0,
+               pool: int | list[int] = 1) -> dict:
+    """A ``conv`` block of a spec, as the shape tables of the tests write them; kernel,
+    padding and pool are an integer (square) or ``[h, w]`` (rectangular)."""
     return {"type": "conv", "filters": filters, "kernel": kernel, "padding": padding,
             "pool": pool}
 

@@ -112,33 +112,38 @@ def _check_layer(i: int, layer: Any, expect_in: tuple[int, int, int], last: bool
     if min(o, kh, kw) < 1 or c != in_shape[2]:
         raise ModelFileError(f"{where}: weights shape {list(w.shape)} does not fit "
                              f"in_shape {list(in_shape)}")
-    for name in ("padding", "pool", "shift"):
-        if not _is_int(getattr(layer, name)):
-            raise ModelFileError(f"{where}: {name} must be an integer, "
-                                 f"got {getattr(layer, name)!r}")
-        setattr(layer, name, int(getattr(layer, name)))
+    if not _is_int(layer.shift):
+        raise ModelFileError(f"{where}: shift must be an integer, got {layer.shift!r}")
+    layer.shift = int(layer.shift)
+    for name in ("padding", "pool"):
+        v = getattr(layer, name)
+        if _is_int(v):
+            v = (v, v)
+        if not isinstance(v, tuple | list) or len(v) != 2 or not all(_is_int(e) for e in v):
+            raise ModelFileError(f"{where}: {name} must be an integer or (h, w), got {v!r}")
+        setattr(layer, name, (int(v[0]), int(v[1])))
+    (ph, pw), (qh, qw) = layer.padding, layer.pool
     if layer.mode not in CONV_MODES:
         raise ModelFileError(f"{where}: mode must be one of {CONV_MODES}, got {layer.mode!r}")
     h, wd, _ = in_shape
     if layer.kind == "conv":
-        if kh != kw:
-            raise ModelFileError(f"{where}: conv kernel must be square, got {kh}x{kw}")
-        if layer.padding not in (0, kh // 2):
-            raise ModelFileError(f"{where}: padding must be 0 or {kh // 2} for a {kh}x{kw} "
-                                 f"kernel, got {layer.padding}")
-        if layer.pool < 1:
-            raise ModelFileError(f"{where}: pool must be at least 1, got {layer.pool}")
+        if ph not in (0, kh // 2) or pw not in (0, kw // 2):
+            raise ModelFileError(f"{where}: padding must be 0 or kernel//2 per axis "
+                                 f"({kh // 2}, {kw // 2}) for a {kh}x{kw} kernel, got "
+                                 f"{ph}x{pw}")
+        if qh < 1 or qw < 1:
+            raise ModelFileError(f"{where}: pool must be at least 1, got {qh}x{qw}")
         hc, wc, _ = layer.conv_shape
         if hc < 1 or wc < 1:
             raise ModelFileError(f"{where}: kernel {kh}x{kw} larger than the padded input "
                                  f"{h}x{wd}")
-        if hc // layer.pool < 1 or wc // layer.pool < 1:
-            raise ModelFileError(f"{where}: pool {layer.pool} larger than the map {hc}x{wc}")
+        if hc // qh < 1 or wc // qw < 1:
+            raise ModelFileError(f"{where}: pool {qh}x{qw} larger than the map {hc}x{wc}")
     else:
-        if (kh, kw) != (h, wd) or layer.padding != 0 or layer.pool != 1:
+        if (kh, kw) != (h, wd) or layer.padding != (0, 0) or layer.pool != (1, 1):
             raise ModelFileError(f"{where}: a {layer.kind} layer's kernel must cover its "
                                  f"{h}x{wd} input with padding 0 and pool 1, got kernel "
-                                 f"{kh}x{kw}, padding {layer.padding}, pool {layer.pool}")
+                                 f"{kh}x{kw}, padding {ph}x{pw}, pool {qh}x{qw}")
     if math.prod(layer.conv_shape) > MAX_MAP_VALUES:
         raise ModelFileError(f"{where}: map {list(layer.conv_shape)} has more than "
                              f"{MAX_MAP_VALUES} values")
@@ -195,10 +200,11 @@ def _check_spec(model: IntegerModel) -> None:
         raise ModelFileError(f"stored spec has {len(spec.blocks)} blocks, the model "
                              f"{len(model.layers)} layers")
     for i, (b, layer) in enumerate(zip(spec.blocks, model.layers, strict=True)):
+        none, one = (0, 0), (1, 1)
         want = {"conv": (b.filters, b.kernel, b.padding, b.pool, b.mode),
-                "dense": (b.units, *layer.kernel, 0, 1), "output": (spec.classes,
-                                                                     *layer.kernel, 0, 1)}
-        have = {"conv": (layer.out_channels, layer.kernel[0], layer.padding, layer.pool,
+                "dense": (b.units, *layer.kernel, none, one),
+                "output": (spec.classes, *layer.kernel, none, one)}
+        have = {"conv": (layer.out_channels, layer.kernel, layer.padding, layer.pool,
                          layer.mode),
                 "dense": (layer.out_channels, *layer.kernel, layer.padding, layer.pool),
                 "output": (layer.out_channels, *layer.kernel, layer.padding, layer.pool)}

@@ -55,12 +55,13 @@ class LayerC:
     @property
     def materialized(self) -> bool:
         """Whether the pre-pool comparison bits are stored and pooled afterwards."""
-        return self.mode == "materialized" and self.layer.pool > 1
+        return self.mode == "materialized" and self.layer.pool != (1, 1)
 
     @property
-    def loop_pool(self) -> int:
-        """The pool window the position loops OR over (1 when pooling comes afterwards)."""
-        return 1 if self.materialized else self.layer.pool
+    def loop_pool(self) -> tuple[int, int]:
+        """The pool window (rows, columns) the position loops OR over ((1, 1) when pooling
+        comes afterwards)."""
+        return (1, 1) if self.materialized else self.layer.pool
 
 
 class Code:

@@ -17,6 +17,7 @@ from .. import __version__
 from ..bits import pack
 from ..deploy import IntegerModel, IntLayer
 from ..memory import MemoryPlan, arch_of, first_layer_tables
+from ..spec import pair_text
 from . import kernels
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
@@ -91,8 +92,8 @@ def _describe(i: int, layer: IntLayer, mode: str) -> str:
     kh, kw = layer.kernel
     src = "uint8 input" if layer.first else "bits"
     if layer.kind == "conv":
-        pool = f", pool {layer.pool}" if layer.pool > 1 else ""
-        return (f"layer {i}: conv {kh}x{kw}, padding {layer.padding}{pool}, {mode}; "
+        pool = f", pool {pair_text(layer.pool)}" if layer.pool != (1, 1) else ""
+        return (f"layer {i}: conv {kh}x{kw}, padding {pair_text(layer.padding)}{pool}, {mode}; "
                 f"{h}x{w}x{c} ({src}) -> {ho}x{wo}x{o}")
     return f"layer {i}: {layer.kind}, {h}x{w}x{c} ({src}) -> {o}"
 

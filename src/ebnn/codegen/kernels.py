@@ -132,7 +132,7 @@ def bits_layer(ctx: LayerC) -> str:
     layer, wb = ctx.layer, ctx.word_bits
     h, w, c = layer.in_shape
     kh, kw = layer.kernel
-    pad = layer.padding
+    ph, pw = layer.padding
     cw = words_for(c, wb)
     n = kh * kw * c
     order = layer.tap_order if ctx.early_exit else None
@@ -144,7 +144,7 @@ def bits_layer(ctx: LayerC) -> str:
     ttype, tread = _threshold_read(layer, "t")
     small = ttype != "int32_t" and -INT16_SAFE <= d_min and d_max <= INT16_SAFE
     dtype = "int_fast16_t" if small else "int32_t"
-    border = pad > 0
+    border = ph > 0 or pw > 0
 
     k = Code()
     k(f"EBNN_LAYER void {ctx.fn}(void)")
@@ -159,12 +159,12 @@ def bits_layer(ctx: LayerC) -> str:
     # position); position-level work is shared by all channels.
     def position(k: Code) -> None:
         k("/* the first input word of the kernel window (negative at a border) */",
-          f"const int off = ((y - {pad}) * {w} + (x - {pad})) * {cw};")
+          f"const int off = ((y - {ph}) * {w} + (x - {pw})) * {cw};")
         if border:
             if h < kh or w < kw:  # the map is smaller than the kernel: no interior position
                 k.open("if (0)")
             else:
-                k.open(f"if ((unsigned)(y - {pad}) <= {h - kh}u && (unsigned)(x - {pad}) <= "
+                k.open(f"if ((unsigned)(y - {ph}) <= {h - kh}u && (unsigned)(x - {pw}) <= "
                        f"{w - kw}u)")
         else:
             k.block()
@@ -176,9 +176,9 @@ def bits_layer(ctx: LayerC) -> str:
         k.depth += 1
         k("/* a border position: only the valid taps count, N = their inputs */")
         for ky in range(kh):
-            k(f"const int ry{ky} = (unsigned)({_plus('y', ky - pad)}) < {h}u;")
+            k(f"const int ry{ky} = (unsigned)({_plus('y', ky - ph)}) < {h}u;")
         for kx in range(kw):
-            k(f"const int rx{kx} = (unsigned)({_plus('x', kx - pad)}) < {w}u;")
+            k(f"const int rx{kx} = (unsigned)({_plus('x', kx - pw)}) < {w}u;")
         # On 8-bit CPUs too where that code is the compact assembly (8-bit words in
         # natural order) and small enough.
         if wb == 8 and every is None and \
@@ -203,8 +203,8 @@ def _border_code_bytes(layer: IntLayer, word_bits: int) -> int:
     hc, wc, _ = layer.conv_shape
     pixel = words_for(c, word_bits) * word_bits // 8
     total = 0
-    for rp in _tap_patterns(h, kh, layer.padding, hc):
-        for cp in _tap_patterns(w, kw, layer.padding, wc):
+    for rp in _tap_patterns(h, kh, layer.padding[0], hc):
+        for cp in _tap_patterns(w, kw, layer.padding[1], wc):
             if not (all(rp) and all(cp)):
                 total += sum(rp) * sum(cp) * pixel
     return 14 * total
@@ -245,12 +245,12 @@ def border_classes(k: Code, ctx: LayerC, words: list[tuple[int, int, int]], mtyp
     layer, wb = ctx.layer, ctx.word_bits
     h, w, c_in = layer.in_shape
     kh, kw = layer.kernel
-    pad = layer.padding
+    ph, pw = layer.padding
     hc, wc, _ = layer.conv_shape
     cw = words_for(c_in, wb)
     k("const unsigned rb = (unsigned)(" + " | ".join(f"ry{t} << {t}" for t in range(kh)) + ");",
       "const unsigned cb = (unsigned)(" + " | ".join(f"rx{t} << {t}" for t in range(kw)) + ");")
-    row_pats, col_pats = _tap_patterns(h, kh, pad, hc), _tap_patterns(w, kw, pad, wc)
+    row_pats, col_pats = _tap_patterns(h, kh, ph, hc), _tap_patterns(w, kw, pw, wc)
     cls = 0
     for ri, rp in enumerate(row_pats):
         rbits = sum(1 << t for t, v in enumerate(rp) if v)
@@ -358,12 +358,13 @@ def _positions(k: Code, ctx: LayerC, body: Callable[[Code], None], acc_locals: b
     emits the code of one conv position (y, x) OR-ing its bits into the pixel's words:
     locals ``acc0..`` when ``acc_locals``, else ``out[0..]``. A pooled pixel is flipped
     when done; a materialized layer stores the pre-pool bits and pools them afterwards."""
-    layer, pool = ctx.layer, ctx.loop_pool
+    layer, (qh, qw) = ctx.layer, ctx.loop_pool
+    pooled = (qh, qw) != (1, 1)
     hc, wc, o = layer.conv_shape
-    ho, wo = hc // pool, wc // pool
+    ho, wo = hc // qh, wc // qw
     ow = words_for(o, ctx.word_bits)
     k(f"{_loop_type(max(ho, wo))} py, px;")
-    if pool > 1:
+    if pooled:
         k("int dy, dx;")
     k.open(f"for (py = 0; py < {ho}; py++)")
     k.open(f"for (px = 0; px < {wo}; px++)")
@@ -372,14 +373,14 @@ def _positions(k: Code, ctx: LayerC, body: Callable[[Code], None], acc_locals: b
         k("ebnn_word_t " + ", ".join(f"{v} = 0" for v in word) + ";")
     else:
         k(*(f"{v} = 0;" for v in word))
-    if pool > 1:
-        k.open(f"for (dy = 0; dy < {pool}; dy++)")
-        k.open(f"for (dx = 0; dx < {pool}; dx++)")
-        k(f"const int y = py * {pool} + dy, x = px * {pool} + dx;")
+    if pooled:
+        k.open(f"for (dy = 0; dy < {qh}; dy++)")
+        k.open(f"for (dx = 0; dx < {qw}; dx++)")
+        k(f"const int y = py * {qh} + dy, x = px * {qw} + dx;")
     else:
         k("const int y = py, x = px;")
     body(k)
-    if pool > 1:
+    if pooled:
         k.close()
         k.close()
     for j, v in enumerate(word):
@@ -391,7 +392,11 @@ def _positions(k: Code, ctx: LayerC, body: Callable[[Code], None], acc_locals: b
     k.close()
     k.close()
     if ctx.materialized:
-        k(f"ebnn_pool_map({ctx.dst}, {ctx.flip}, {hc}, {wc}, {ow}, {layer.pool});")
+        ph, pw = layer.pool
+        if ph == pw:
+            k(f"ebnn_pool_map({ctx.dst}, {ctx.flip}, {hc}, {wc}, {ow}, {ph});")
+        else:
+            k(f"ebnn_pool_map_hw({ctx.dst}, {ctx.flip}, {hc}, {wc}, {ow}, {ph}, {pw});")
 
 
 def _first_direct(ctx: LayerC) -> str:
@@ -399,7 +404,10 @@ def _first_direct(ctx: LayerC) -> str:
     layer, wb = ctx.layer, ctx.word_bits
     h, w, c = layer.in_shape
     kh, kw = layer.kernel
-    pad = layer.padding
+    ph, pw = layer.padding
+    # square padding keeps the one-padding call of square models
+    pads = f"{ph}" if ph == pw else f"{ph}, {pw}"
+    z_u8 = "ebnn_z_u8" if ph == pw else "ebnn_z_u8_hw"
     cw = words_for(c, wb)
     o = layer.conv_shape[2]
     fan = kh * kw * cw
@@ -413,8 +421,8 @@ def _first_direct(ctx: LayerC) -> str:
         k(f"const ebnn_word_t *w = {tab}l{i}_w;", "int ch;")
         k.open(f"for (ch = 0; ch < {o}; ch++, w += {fan})")
         k(f"const ebnn_word_t bit = (ebnn_word_t)(1u << (ch % {wb}));")
-        k(f"if (!(out[ch / {wb}] & bit) && ebnn_z_u8(input, {tab}offsets, w, y, x, {h}, {w}, "
-          f"{c}, {cw}, {kh}, {kw}, {pad}) >= EBNN_READ_I32({tab}l{i}_t + ch)) {{")
+        k(f"if (!(out[ch / {wb}] & bit) && {z_u8}(input, {tab}offsets, w, y, x, {h}, {w}, "
+          f"{c}, {cw}, {kh}, {kw}, {pads}) >= EBNN_READ_I32({tab}l{i}_t + ch)) {{")
         k(f"    out[ch / {wb}] = (ebnn_word_t)(out[ch / {wb}] | bit);", "}")
         k.close()
 
@@ -468,7 +476,8 @@ def _first_tables(ctx: LayerC) -> str:
     layer, wb = ctx.layer, ctx.word_bits
     h, w, c = layer.in_shape
     kh, kw = layer.kernel
-    pad = layer.padding
+    ph, pw = layer.padding
+    pad = ph > 0 or pw > 0
     cw = words_for(c, wb)
     hc, wc, o = layer.conv_shape
     ow = words_for(o, wb)
@@ -564,11 +573,11 @@ def _first_tables(ctx: LayerC) -> str:
             if h < kh or w < kw:  # the input is smaller than the kernel: all border
                 k.open("if (0)")
             else:
-                k.open(f"if ((unsigned)(y - {pad}) <= {h - kh}u && (unsigned)(x - {pad}) <= "
+                k.open(f"if ((unsigned)(y - {ph}) <= {h - kh}u && (unsigned)(x - {pw}) <= "
                        f"{w - kw}u)")
         else:
             k.block()
-        k(f"const uint8_t *p = input + ((y - {pad}) * {w} + (x - {pad})) * {c};")
+        k(f"const uint8_t *p = input + ((y - {ph}) * {w} + (x - {pw})) * {c};")
         # All inputs 0 (background): the comparisons are the constant zero_window_bits.
         rows = [(ky * w * c, kw * c) for ky in range(kh)]
         k("#if EBNN_MISM_MODE == 2")
@@ -587,11 +596,11 @@ def _first_tables(ctx: LayerC) -> str:
         if pad:
             k.close(" else {")
             k.depth += 1
-            k(f"const int q = (y - {pad}) * {w} + (x - {pad}); /* may be negative */")
+            k(f"const int q = (y - {ph}) * {w} + (x - {pw}); /* may be negative */")
             for ky in range(kh):
-                k(f"const int ry{ky} = (unsigned)({_plus('y', ky - pad)}) < {h}u;")
+                k(f"const int ry{ky} = (unsigned)({_plus('y', ky - ph)}) < {h}u;")
             for kx in range(kw):
-                k(f"const int rx{kx} = (unsigned)({_plus('x', kx - pad)}) < {w}u;")
+                k(f"const int rx{kx} = (unsigned)({_plus('x', kx - pw)}) < {w}u;")
             # All valid inputs 0: constant bits per border class (rows x columns valid).
             guarded = " | ".join(f"(ry{ky} && rx{kx} ? input[(q + {ky * w + kx}) * {c} + {ch}]"
                                  " : 0)" for ky in range(kh) for kx in range(kw)
@@ -601,8 +610,8 @@ def _first_tables(ctx: LayerC) -> str:
                 f"ry{ky} << {ky}" for ky in range(kh)) + ");")
             k("const unsigned cb = (unsigned)(" + " | ".join(
                 f"rx{kx} << {kx}" for kx in range(kw)) + ");")
-            for rp in _tap_patterns(h, kh, pad, hc):
-                for cp in _tap_patterns(w, kw, pad, wc):
+            for rp in _tap_patterns(h, kh, ph, hc):
+                for cp in _tap_patterns(w, kw, pw, wc):
                     if all(rp) and all(cp):
                         continue  # interior
                     bits = zero_window_bits(layer, ctx.offsets, np.outer(rp, cp))

@@ -29,7 +29,7 @@
 typedef struct {
     int32_t first, output;
     int32_t in_h, in_w, in_c, in_cw; /* input map; in_cw: words per pixel (binary input) */
-    int32_t pad, kh, kw, pool;
+    int32_t pad_h, pad_w, kh, kw, pool_h, pool_w; /* per axis: rows, columns */
     int32_t hc, wc, ho, wo;          /* conv output and pooled output */
     int32_t out_c, stride;           /* channels; stride: channels rounded up to 16 */
     int32_t ncx;                     /* column border classes */
@@ -55,13 +55,14 @@ typedef struct {
 
 static int padded_words(const ebnn_layer *l)
 {
-    return (l->in_h + 2 * l->pad) * (l->in_w + 2 * l->pad) * l->in_cw;
+    return (l->in_h + 2 * l->pad_h) * (l->in_w + 2 * l->pad_w) * l->in_cw;
 }
 
 /* A dense layer (the kernel covers the unpadded map) runs over a tile of images at once. */
 static int is_dense(const ebnn_layer *l)
 {
-    return l->hc == 1 && l->wc == 1 && l->pad == 0 && l->pool == 1;
+    return l->hc == 1 && l->wc == 1 && l->pad_h == 0 && l->pad_w == 0 && l->pool_h == 1 &&
+           l->pool_w == 1;
 }
 
 typedef struct {
@@ -104,22 +105,22 @@ static int scratch_init(scratch *s, const ebnn_model *m)
         const int ow = OUT_WORDS(l->out_c);
         if (!l->first && padded_words(l) > maxmap) maxmap = padded_words(l);
         /* slack: R positions of a tail block, or two vectors of LANES positions */
-        if ((l->ho * l->pool * l->wo * l->pool + R + 2 * LANES) * ow > maxrow)
-            maxrow = (l->ho * l->pool * l->wo * l->pool + R + 2 * LANES) * ow;
+        if ((l->ho * l->pool_h * l->wo * l->pool_w + R + 2 * LANES) * ow > maxrow)
+            maxrow = (l->ho * l->pool_h * l->wo * l->pool_w + R + 2 * LANES) * ow;
         if (R * ow > maxrow) maxrow = R * ow;
         if (l->kh * l->kw > maxtaps) maxtaps = l->kh * l->kw;
         if (l->stride > maxstride) maxstride = l->stride;
         if (l->kh * l->kw * (l->first ? l->in_c : l->in_cw) > maxk)
             maxk = l->kh * l->kw * (l->first ? l->in_c : l->in_cw);
         if (!l->first && l->q > 1 && !is_dense(l)) {
-            const int words = (l->ho * l->pool + l->kh - 1) * l->wo * l->pool *
+            const int words = (l->ho * l->pool_h + l->kh - 1) * l->wo * l->pool_w *
                               ((l->kw + l->q - 1) / l->q);
             if (words > maxrows) maxrows = words;
         }
     }
     s->map_words = maxmap;
     /* + 2 LANES: first_rows_c1(_16) read whole vectors past a row's end */
-    s->centred_words = (l0->in_h + 2 * l0->pad) * (l0->in_w + 2 * l0->pad) * l0->in_c +
+    s->centred_words = (l0->in_h + 2 * l0->pad_h) * (l0->in_w + 2 * l0->pad_w) * l0->in_c +
                        2 * LANES;
 #ifdef HAVE_ROWS16
     s->use16 = l0->in_c == 1 && l0->out_c <= 32 && l0->kh * l0->kw <= ROWS16_MAX_TAPS &&
@@ -246,14 +247,14 @@ static void put_pixel(uint32_t *dst, const uint32_t *bits, const uint32_t *flip,
  * binary layers, int32 centred values for the first), dst the next padded map. Positions
  * are taken R at a time in raster order across rows, so narrow maps waste no lanes. */
 static void conv_image(const ebnn_layer *l, scratch *s, const void *src, uint32_t *dst,
-                       int next_pad)
+                       int next_pad_h, int next_pad_w)
 {
     const int ow = OUT_WORDS(l->out_c);
-    const int wp = l->in_w + 2 * l->pad;
+    const int wp = l->in_w + 2 * l->pad_w;
     const int unit = l->first ? l->in_c : l->in_cw; /* words per input pixel */
     const int ntaps = l->kh * l->kw;
-    const int hu = l->ho * l->pool, wu = l->wo * l->pool, npos = hu * wu;
-    const int dwp = l->wo + 2 * next_pad;
+    const int hu = l->ho * l->pool_h, wu = l->wo * l->pool_w, npos = hu * wu;
+    const int dwp = l->wo + 2 * next_pad_w;
     int p0, r, ky, kx, yo, xo, py, px, k, y = 0, x = 0;
 #ifdef HAVE_ROWS16
     if (l->first && s->use16) {
@@ -320,10 +321,10 @@ static void conv_image(const ebnn_layer *l, scratch *s, const void *src, uint32_
     }
 pool:
     /* max-pool = OR of fire bits over the window, then XOR flip (FORMAT.md section 6) */
-    if (l->pool == 2 && ow == 1) { /* the common case, unrolled */
+    if (l->pool_h == 2 && l->pool_w == 2 && ow == 1) { /* the common case, unrolled */
         for (yo = 0; yo < l->ho; yo++) {
             const uint32_t *f0 = s->fires + (size_t)(2 * yo) * wu, *f1 = f0 + wu;
-            uint32_t *d = dst + (size_t)(yo + next_pad) * dwp + next_pad;
+            uint32_t *d = dst + (size_t)(yo + next_pad_h) * dwp + next_pad_w;
             for (xo = 0; xo < l->wo; xo++)
                 d[xo] = (f0[2 * xo] | f0[2 * xo + 1] | f1[2 * xo] | f1[2 * xo + 1]) ^ l->flip[0];
         }
@@ -331,13 +332,13 @@ pool:
     }
     for (yo = 0; yo < l->ho; yo++)
         for (xo = 0; xo < l->wo; xo++) {
-            uint32_t *d = dst + ((size_t)(yo + next_pad) * dwp + xo + next_pad) * ow;
+            uint32_t *d = dst + ((size_t)(yo + next_pad_h) * dwp + xo + next_pad_w) * ow;
             for (k = 0; k < ow; k++) {
                 uint32_t bits = 0;
-                for (py = 0; py < l->pool; py++)
-                    for (px = 0; px < l->pool; px++)
-                        bits |= s->fires[((size_t)(yo * l->pool + py) * wu + xo * l->pool + px)
-                                         * ow + k];
+                for (py = 0; py < l->pool_h; py++)
+                    for (px = 0; px < l->pool_w; px++)
+                        bits |= s->fires[((size_t)(yo * l->pool_h + py) * wu +
+                                          xo * l->pool_w + px) * ow + k];
                 d[k] = bits ^ l->flip[k];
             }
         }
@@ -360,7 +361,8 @@ static void centre_input(const ebnn_model *m, scratch *s, const uint8_t *x, int6
 {
     /* locals, not l0->..., in the loops: int32 stores could alias the int32 fields */
     const ebnn_layer *l0 = &m->layers[0];
-    const int h = l0->in_h, w = l0->in_w, c = l0->in_c, pad = l0->pad, cwp = w + 2 * pad;
+    const int h = l0->in_h, w = l0->in_w, c = l0->in_c;
+    const int pad_h = l0->pad_h, pad_w = l0->pad_w, cwp = w + 2 * pad_w;
     const int words = s->centred_words;
     const size_t image = (size_t)h * w * c;
     int32_t offset[64];
@@ -372,7 +374,7 @@ static void centre_input(const ebnn_model *m, scratch *s, const uint8_t *x, int6
         if (s->use16) { /* only first_rows_c1_16 reads this image: int16, one channel */
             int16_t *o16 = s->centred16 + (size_t)r * words;
             const int16_t off = (int16_t)offset[0];
-            if (!pad) { /* rows are contiguous: one long loop vectorises best */
+            if (!pad_h && !pad_w) { /* rows are contiguous: one long loop vectorises best */
                 int16_t *restrict o = o16;
                 const uint8_t *restrict in = img;
                 for (xx = 0; xx < h * w; xx++) o[xx] = (int16_t)(in[xx] - off);
@@ -380,15 +382,15 @@ static void centre_input(const ebnn_model *m, scratch *s, const uint8_t *x, int6
             }
             memset(o16, 0, (size_t)words * sizeof *o16);
             for (y = 0; y < h; y++) {
-                int16_t *restrict row = o16 + (size_t)(y + pad) * cwp + pad;
+                int16_t *restrict row = o16 + (size_t)(y + pad_h) * cwp + pad_w;
                 const uint8_t *restrict in = img + (size_t)y * w;
                 for (xx = 0; xx < w; xx++) row[xx] = (int16_t)(in[xx] - off);
             }
             continue;
         }
-        if (pad) memset(out, 0, (size_t)words * sizeof *out);
+        if (pad_h || pad_w) memset(out, 0, (size_t)words * sizeof *out);
         for (y = 0; y < h; y++) {
-            int32_t *restrict row = out + ((size_t)(y + pad) * cwp + pad) * c;
+            int32_t *restrict row = out + ((size_t)(y + pad_h) * cwp + pad_w) * c;
             const uint8_t *restrict in = img + (size_t)y * w * c;
             if (c == 1) { /* the common grey-scale case, vectorised by the compiler */
                 const int32_t off = offset[0];
@@ -407,10 +409,10 @@ static void centre_input(const ebnn_model *m, scratch *s, const uint8_t *x, int6
 
 /* A dense or output layer over the whole tile of n images (R rows of a binary GEMM). */
 static void dense_tile(const ebnn_layer *l, scratch *s, const uint32_t *src, uint32_t *dst,
-                       int next_pad, int n, int64_t *scores)
+                       int next_pad_h, int next_pad_w, int n, int64_t *scores)
 {
     const int ow = OUT_WORDS(l->out_c);
-    const int dst_words = (1 + 2 * next_pad) * (1 + 2 * next_pad) * ow;
+    const int dst_words = (1 + 2 * next_pad_h) * (1 + 2 * next_pad_w) * ow;
     const int pixels = l->in_h * l->in_w;
     const uint32_t *base[R];
     int r, t, k;
@@ -440,8 +442,8 @@ static void dense_tile(const ebnn_layer *l, scratch *s, const uint32_t *src, uin
     }
     for (r = 0; r < n; r++) {
         uint32_t *d = dst + (size_t)r * s->map_words;
-        if (next_pad) memset(d, 0, (size_t)dst_words * sizeof *d);
-        put_pixel(d + ((size_t)next_pad * (1 + 2 * next_pad) + next_pad) * ow,
+        if (next_pad_h || next_pad_w) memset(d, 0, (size_t)dst_words * sizeof *d);
+        put_pixel(d + ((size_t)next_pad_h * (1 + 2 * next_pad_w) + next_pad_w) * ow,
                   s->fires + r * ow, l->flip, ow);
     }
 }
@@ -456,8 +458,9 @@ static void run_tile(const ebnn_model *m, scratch *s, const uint8_t *x, int64_t 
     centre_input(m, s, x, i0, n);
     for (li = 0; li < m->nlayers; li++) {
         const ebnn_layer *l = &m->layers[li];
-        const int next_pad = li + 1 < m->nlayers ? m->layers[li + 1].pad : 0;
-        const int dst_words = (l->ho + 2 * next_pad) * (l->wo + 2 * next_pad) *
+        const int next_pad_h = li + 1 < m->nlayers ? m->layers[li + 1].pad_h : 0;
+        const int next_pad_w = li + 1 < m->nlayers ? m->layers[li + 1].pad_w : 0;
+        const int dst_words = (l->ho + 2 * next_pad_h) * (l->wo + 2 * next_pad_w) *
                               OUT_WORDS(l->out_c);
         uint32_t *dst = s->map[1 - cur];
         if (s->prof) { /* time of the previous step: the input, or layer li - 1 */
@@ -466,7 +469,7 @@ static void run_tile(const ebnn_model *m, scratch *s, const uint8_t *x, int64_t 
             t0 = t1;
         }
         if (l->output || is_dense(l)) {
-            dense_tile(l, s, s->map[cur], dst, next_pad, n,
+            dense_tile(l, s, s->map[cur], dst, next_pad_h, next_pad_w, n,
                        scores + (size_t)i0 * m->classes);
         } else {
             for (r = 0; r < n; r++) {
@@ -474,8 +477,8 @@ static void run_tile(const ebnn_model *m, scratch *s, const uint8_t *x, int64_t 
                 const void *src = l->first
                                       ? (const void *)(s->centred + (size_t)r * s->centred_words)
                                       : (const void *)(s->map[cur] + (size_t)r * s->map_words);
-                if (next_pad) memset(d, 0, (size_t)dst_words * sizeof *d);
-                conv_image(l, s, src, d, next_pad);
+                if (next_pad_h || next_pad_w) memset(d, 0, (size_t)dst_words * sizeof *d);
+                conv_image(l, s, src, d, next_pad_h, next_pad_w);
             }
         }
         cur = 1 - cur;

@@ -17,7 +17,8 @@ Packing is done once per model and reads only the IntegerModel (docs/FORMAT.md):
   taps and ``inv`` the weight bits on invalid taps,
   ``z = N_valid - 2 (count - inv) >= T`` is ``count <= floor((N_valid + 2 inv - T) / 2)``,
   exact in integers. Border classes are the distinct ranges of valid kernel rows (columns)
-  over the output rows (columns): at most ``2 * padding + 1`` each.
+  over the output rows (columns): at most ``2 * padding + 1`` each, with the padding
+  of that axis (kernels, padding and pools are per axis: (rows, columns)).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class _Layer(ctypes.Structure):
     """Mirror of ``ebnn_layer`` in ebnn_fast.c."""
 
     _fields_ = [(name, ctypes.c_int32) for name in (
-        "first", "output", "in_h", "in_w", "in_c", "in_cw", "pad", "kh", "kw", "pool",
+        "first", "output", "in_h", "in_w", "in_c", "in_cw", "pad_h", "pad_w", "kh", "kw", "pool_h",
+        "pool_w",
         "hc", "wc", "ho", "wo", "out_c", "stride", "ncx", "fan", "q")] + [
         (name, ctypes.c_void_p) for name in (
             "wbits", "wmask", "limit", "rowclass", "colclass", "thresh", "flip", "scale",
@@ -82,8 +84,8 @@ def _limits(layer: IntLayer, stride: int) -> tuple[np.ndarray, np.ndarray, np.nd
     h, w, c = layer.in_shape
     kh, kw = layer.kernel
     hc, wc, o = layer.conv_shape
-    rows, rranges = _border_classes(hc, h, kh, layer.padding)
-    cols, cranges = _border_classes(wc, w, kw, layer.padding)
+    rows, rranges = _border_classes(hc, h, kh, layer.padding[0])
+    cols, cranges = _border_classes(wc, w, kw, layer.padding[1])
     per_tap = layer.weights.sum(axis=3, dtype=np.int64)  # (O, KH, KW): set weight bits
     total = per_tap.sum(axis=(1, 2))
     t = layer.threshold.astype(np.int64)
@@ -147,7 +149,7 @@ def _check(model: IntegerModel) -> None:
             raise ValueError(f"a layer reads {layer.in_shape} after one that writes "
                              f"{prev.out_shape}")
     out = model.layers[-1]
-    if out.conv_shape[:2] != (1, 1) or out.padding or out.pool != 1:
+    if out.conv_shape[:2] != (1, 1) or out.padding != (0, 0) or out.pool != (1, 1):
         raise ValueError("the output layer must cover its whole input map")
     first = model.layers[0]
     if 2 * 255 * first.fan_in >= NEVER:
@@ -174,7 +176,8 @@ def pack_model(model: IntegerModel) -> PackedModel:
         output = layer.kind == "output"
         s.first, s.output = int(layer.first), int(output)
         s.in_h, s.in_w, s.in_c, s.in_cw = h, w, c, words_for(c, 32)
-        s.pad, s.kh, s.kw, s.pool = layer.padding, kh, kw, layer.pool
+        (s.pad_h, s.pad_w), s.kh, s.kw = layer.padding, kh, kw
+        s.pool_h, s.pool_w = layer.pool
         s.hc, s.wc, s.ho, s.wo = hc, wc, ho, wo
         s.out_c, s.stride, s.fan = o, stride, layer.fan_in
         if layer.first:
@@ -183,7 +186,7 @@ def pack_model(model: IntegerModel) -> PackedModel:
             negatives = (~layer.weights).reshape(o, -1).sum(axis=1, dtype=np.int64)
         else:
             s.q = taps_per_word(c)
-            dense = (hc, wc) == (1, 1) and not layer.padding and layer.pool == 1
+            dense = (hc, wc) == (1, 1) and layer.padding == (0, 0) and layer.pool == (1, 1)
             packed = (_pack_taps(layer.weights, s.q) if dense or s.q == 1
                       else _pack_rows(layer.weights, s.q))
             s.wbits = ptr(_channels_last(packed, stride))

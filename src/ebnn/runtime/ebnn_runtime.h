@@ -409,16 +409,17 @@ static inline uint_fast16_t ebnn_mism(const ebnn_word_t *a, const ebnn_word_t *w
  * (y, x) of an h x wd x c uint8 input; weight bit b selects +v (b = 1) or -v (b = 0).
  * Used for a dense first layer (one position, no clipping) and for a convolution whose
  * offsets do not suit the tables. */
-static inline int32_t ebnn_z_u8(const uint8_t *input, const int16_t *offsets,
-                                const ebnn_word_t *w, int y, int x, int h, int wd, int c,
-                                int cw, int kh, int kw, int pad)
+/* Padding is per axis: pad_h rows, pad_w columns (ebnn_z_u8: the same on both). */
+static inline int32_t ebnn_z_u8_hw(const uint8_t *input, const int16_t *offsets,
+                                   const ebnn_word_t *w, int y, int x, int h, int wd, int c,
+                                   int cw, int kh, int kw, int pad_h, int pad_w)
 {
     int32_t z = 0;
     int ky, kx, ch;
     for (ky = 0; ky < kh; ky++) {
-        int iy = y + ky - pad;
+        int iy = y + ky - pad_h;
         for (kx = 0; kx < kw; kx++) {
-            int ix = x + kx - pad;
+            int ix = x + kx - pad_w;
             const ebnn_word_t *pw = w + ((size_t)ky * (size_t)kw + (size_t)kx) * (size_t)cw;
             const uint8_t *px;
             ebnn_word_t bits = 0;
@@ -439,22 +440,30 @@ static inline int32_t ebnn_z_u8(const uint8_t *input, const int16_t *offsets,
     return z;
 }
 
+static inline int32_t ebnn_z_u8(const uint8_t *input, const int16_t *offsets,
+                                const ebnn_word_t *w, int y, int x, int h, int wd, int c,
+                                int cw, int kh, int kw, int pad)
+{
+    return ebnn_z_u8_hw(input, offsets, w, y, x, h, wd, c, cw, kh, kw, pad, pad);
+}
+
 /* ---- pooling of a materialized comparison map --------------------------------------- */
-/* OR-pool a (hc x wc pixels of ow words) map in place (pool x pool windows, stride pool)
- * and apply the flips. In place is safe: pooled pixel k reads conv pixels >= k only. */
-static inline void ebnn_pool_map(ebnn_word_t *map, const ebnn_word_t *flip, int hc, int wc,
-                                 int ow, int pool)
+/* OR-pool a (hc x wc pixels of ow words) map in place (ph x pw windows, stride ph x pw; a
+ * partial last window is dropped) and apply the flips. In place is safe: pooled pixel k
+ * reads conv pixels >= k only. */
+static inline void ebnn_pool_map_hw(ebnn_word_t *map, const ebnn_word_t *flip, int hc,
+                                    int wc, int ow, int ph, int pw)
 {
     int y, x, dy, dx, j;
     ebnn_word_t *dst = map;
-    for (y = 0; y < hc / pool; y++) {
-        for (x = 0; x < wc / pool; x++) {
+    for (y = 0; y < hc / ph; y++) {
+        for (x = 0; x < wc / pw; x++) {
             for (j = 0; j < ow; j++) {
                 ebnn_word_t v = 0;
-                for (dy = 0; dy < pool; dy++) {
-                    for (dx = 0; dx < pool; dx++) {
-                        size_t src = (size_t)(y * pool + dy) * (size_t)wc
-                                     + (size_t)(x * pool + dx);
+                for (dy = 0; dy < ph; dy++) {
+                    for (dx = 0; dx < pw; dx++) {
+                        size_t src = (size_t)(y * ph + dy) * (size_t)wc
+                                     + (size_t)(x * pw + dx);
                         v |= map[src * (size_t)ow + (size_t)j];
                     }
                 }
@@ -462,6 +471,13 @@ static inline void ebnn_pool_map(ebnn_word_t *map, const ebnn_word_t *flip, int 
             }
         }
     }
+}
+
+/* Square pool windows (pool x pool). */
+static inline void ebnn_pool_map(ebnn_word_t *map, const ebnn_word_t *flip, int hc, int wc,
+                                 int ow, int pool)
+{
+    ebnn_pool_map_hw(map, flip, hc, wc, ow, pool, pool);
 }
 
 /* First index of the largest score. */

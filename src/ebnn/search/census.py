@@ -52,7 +52,7 @@ def binary_ops(spec: ModelSpec) -> int:
     for s in spec.shapes():
         c, h, w = s.in_shape
         o, hc, wc = s.conv_shape
-        fan = c * s.block.kernel ** 2 if s.block.type == "conv" else c * h * w
+        fan = s.fan_in
         total += o * hc * wc * fan
     return total
 

@@ -18,6 +18,10 @@ RAM, then flash (:func:`ebnn.search.budget.best_word_bits`). Draws whose shapes 
 (a kernel larger than the map) are invalid candidates and rejected like ones that do
 not fit.
 
+An input of height 1 (a 1-D signal ``[C, 1, T]``) gets 1-D blocks: kernel ``k`` becomes
+``[1, k]``, pool ``p`` becomes ``[1, p]`` and "same" pads the time axis only, so the same
+parameters search along time.
+
 :meth:`SearchSpace.draw` takes a ``pick(name, choices)`` function, so the same code serves
 Optuna trials (:meth:`SearchSpace.suggest`) and plain random draws (:meth:`sample`).
 """
@@ -29,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from ..spec import ModelSpec
+from ..spec import ModelSpec, pair_text
 
 Pick = Callable[[str, Sequence[Any]], Any]
 
@@ -119,13 +123,17 @@ class SearchSpace:
         """The model spec of ``params`` and its word size (``None``: choose by RAM).
         Raises :class:`~ebnn.spec.SpecError` when the shapes collapse."""
         blocks: list[dict[str, Any]] = []
+        # A signal of height 1: convolve and pool along the width (time) only.
+        signal = len(input_shape) == 3 and int(input_shape[1]) == 1 and int(input_shape[2]) > 1
         if params["first"] == "conv":
             for i in range(int(params["conv_blocks"])):
                 k = int(params[f"conv{i}_kernel"])
+                pad = k // 2 if params[f"conv{i}_padding"] == "same" else 0
+                pool = int(params[f"conv{i}_pool"])
                 blocks.append({"type": "conv", "filters": int(params[f"conv{i}_filters"]),
-                               "kernel": k,
-                               "padding": k // 2 if params[f"conv{i}_padding"] == "same" else 0,
-                               "pool": int(params[f"conv{i}_pool"]),
+                               "kernel": [1, k] if signal else k,
+                               "padding": [0, pad] if signal else pad,
+                               "pool": [1, pool] if signal else pool,
                                "mode": params.get(f"conv{i}_mode", self.modes[0])})
             n_dense = int(params["dense_blocks"])
         else:
@@ -145,8 +153,8 @@ def describe(spec: ModelSpec, word_bits: int | None = None) -> str:
     parts = []
     for b in spec.blocks:
         if b.type == "conv":
-            text = f"c{b.filters}k{b.kernel}{'s' if b.padding else 'v'}"
-            text += f"/p{b.pool}" if b.pool > 1 else ""
+            text = f"c{b.filters}k{pair_text(b.kernel)}{'s' if any(b.padding) else 'v'}"
+            text += f"/p{pair_text(b.pool)}" if b.pool != (1, 1) else ""
             text += "m" if b.mode == "materialized" else ""
             parts.append(text)
         elif b.type == "dense":

@@ -88,8 +88,8 @@ def window_sum(values: np.ndarray, layer: IntLayer, weights: np.ndarray) -> np.n
     ``values`` is (H, W, C); out-of-bounds taps are skipped (zero padding).
     """
     kh, kw = layer.kernel
-    p = layer.padding
-    padded = np.pad(values.astype(np.float64), ((p, p), (p, p), (0, 0)))
+    ph, pw = layer.padding
+    padded = np.pad(values.astype(np.float64), ((ph, ph), (pw, pw), (0, 0)))
     windows = sliding_window_view(padded, (kh, kw), axis=(0, 1))  # (Hc, Wc, C, KH, KW)
     windows = windows.transpose(0, 1, 3, 4, 2)
     hc, wc = windows.shape[:2]
@@ -131,12 +131,12 @@ def binary_layer_range(layer: IntLayer, bits: BitBounds) -> tuple[np.ndarray, np
 
 def pool_bits(layer: IntLayer, sure: np.ndarray, maybe: np.ndarray) -> BitBounds:
     """Settled output bits from per-position 'surely fires' / 'may fire' maps."""
-    p = layer.pool
-    if p > 1:
+    ph, pw = layer.pool
+    if (ph, pw) != (1, 1):
         hc, wc, o = sure.shape
-        ho, wo = hc // p, wc // p
-        sure = sure[:ho * p, :wo * p].reshape(ho, p, wo, p, o).any(axis=(1, 3))
-        maybe = maybe[:ho * p, :wo * p].reshape(ho, p, wo, p, o).any(axis=(1, 3))
+        ho, wo = hc // ph, wc // pw
+        sure = sure[:ho * ph, :wo * pw].reshape(ho, ph, wo, pw, o).any(axis=(1, 3))
+        maybe = maybe[:ho * ph, :wo * pw].reshape(ho, ph, wo, pw, o).any(axis=(1, 3))
     fixed = sure | ~maybe
     value = sure ^ layer.flip.astype(bool)
     return BitBounds(fixed=fixed, value=value & fixed)

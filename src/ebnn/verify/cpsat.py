@@ -18,10 +18,10 @@ from ..deploy import IntegerModel, IntLayer
 def _valid(layer: IntLayer, y: int, x: int):
     h, w, _ = layer.in_shape
     kh, kw = layer.kernel
-    p = layer.padding
+    ph, pw = layer.padding
     for ky in range(kh):
         for kx in range(kw):
-            iy, ix = y + ky - p, x + kx - p
+            iy, ix = y + ky - ph, x + kx - pw
             if 0 <= iy < h and 0 <= ix < w:
                 yield ky, kx, iy, ix
 
@@ -122,13 +122,14 @@ def encode_scores(m, model: IntegerModel, pix: list) -> list:
                     m.add(z >= t).only_enforce_if(b)
                     m.add(z <= t - 1).only_enforce_if(~b)
                     fires[y, x, o] = b
-        p = layer.pool
+        ph, pw = layer.pool
         ho, wo, _ = layer.out_shape
         out = [[[None] * o_n for _ in range(wo)] for _ in range(ho)]
         for y in range(ho):
             for x in range(wo):
                 for o in range(o_n):
-                    ors = [fires[y * p + dy, x * p + dx, o] for dy in range(p) for dx in range(p)]
+                    ors = [fires[y * ph + dy, x * pw + dx, o] for dy in range(ph)
+                           for dx in range(pw)]
                     pooled = m.new_bool_var(f"p{li}_{y}_{x}_{o}")
                     m.add_max_equality(pooled, ors)
                     out[y][x][o] = ~pooled if layer.flip[o] else pooled

@@ -79,13 +79,13 @@ class ModelEncoding:
         """Valid taps of output position (y, x): (ky, kx, input row, input column)."""
         h, w, _ = layer.in_shape
         kh, kw = layer.kernel
-        p = layer.padding
+        ph, pw = layer.padding
         for ky in range(kh):
-            iy = y + ky - p
+            iy = y + ky - ph
             if not 0 <= iy < h:
                 continue
             for kx in range(kw):
-                ix = x + kx - p
+                ix = x + kx - pw
                 if 0 <= ix < w:
                     yield ky, kx, iy, ix
 
@@ -141,9 +141,9 @@ class ModelEncoding:
             lit: Lit = bool(out.value[key])
         else:
             layer = self.model.layers[li]
-            p = layer.pool
-            fires = [self.fires(li, y * p + dy, x * p + dx, c)
-                     for dy in range(p) for dx in range(p)]
+            ph, pw = layer.pool
+            fires = [self.fires(li, y * ph + dy, x * pw + dx, c)
+                     for dy in range(ph) for dx in range(pw)]
             lit = self.cnf.or_(fires)
             if layer.flip[c]:
                 lit = neg(lit)
