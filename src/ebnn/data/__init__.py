@@ -21,7 +21,7 @@ raise :class:`DataError` with a message naming the file and the problem.
 from .base import DataError, Dataset, FeatureQuantizer, train_val_split
 from .download import download
 from .sources import SOURCES, default_data_dir, load_dataset
-from .transforms import normalization, random_shift
+from .transforms import normalization, random_affine, random_shift
 
 __all__ = [
     "SOURCES",
@@ -32,6 +32,7 @@ __all__ = [
     "download",
     "load_dataset",
     "normalization",
+    "random_affine",
     "random_shift",
     "train_val_split",
 ]
