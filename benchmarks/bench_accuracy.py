@@ -121,7 +121,21 @@ def test_set(goal: str):
     return load_dataset(data[1], "test", ROOT / data[3] if len(data) > 3 else None)
 
 
+CACHE = OUT / "measured.json"
+
+
 def measure(goal: str, ckpt: Path, images: int, test) -> dict:
+    """:func:`measure_once`, cached in build/accuracy/measured.json by checkpoint file
+    (path and modification time) and image count, so a rerun emulates only new models."""
+    cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
+    key = f"{ckpt.relative_to(ROOT)}:{ckpt.stat().st_mtime_ns}:{images}"
+    if key not in cache:
+        cache[key] = measure_once(goal, ckpt, images, test)
+        CACHE.write_text(json.dumps(cache, indent=1))
+    return cache[key]
+
+
+def measure_once(goal: str, ckpt: Path, images: int, test) -> dict:
     """Test accuracy of the folded model and, on ``images`` test images, the devices."""
     from ebnn import engine
     from ebnn.checkpoint import load_checkpoint

@@ -210,3 +210,18 @@ def test_search_distils_every_trial_and_the_final_model(tmp_path, capsys):
                "--max-dense-blocks", "1", "--filters", "8", "--units", "32", "--threads", "1",
                "--out", str(out)])
     assert rc == 2
+
+
+def test_cli_float_teacher_then_student(tmp_path, capsys):
+    teacher = tmp_path / "teacher.pt"
+    common = ["--data", "digits", "--model", "digits", "--epochs", "2", "--threads", "1",
+              "--no-progress"]
+    assert main(["train", *common, "--float", "--out", str(teacher)]) == 0
+    assert isinstance(load_checkpoint(teacher).model, FloatNet)
+    assert main(["train", *common, "--teacher", str(teacher), "--distill-alpha", "1",
+                 "--out", str(tmp_path / "student.pt")]) == 0
+    student = load_checkpoint(tmp_path / "student.pt")
+    assert student.meta["config"]["teacher"] == str(teacher) and not is_float(student.model)
+    capsys.readouterr()
+    assert main(["fold", str(teacher), "--out", str(tmp_path / "t.ebnn")]) == 2
+    assert "cannot be folded" in capsys.readouterr().err
