@@ -29,6 +29,8 @@ ORDER = {
                    "--regularised", "1.5=build/bench/mnist-mcu-reg1.5.pt",
                    "--regularised", "3=build/bench/mnist-mcu-reg3.pt"],
     "search": ["bench_search.py"],
+    # issue #15: trains build/accuracy/<goal>-<variant>-s<seed>.pt (hours on 2 cores) if missing
+    "accuracy": ["bench_accuracy.py", "--images", "100"],
     "distributed": ["bench_distributed.py"],
     "fast": ["bench_fast.py", "--write"],  # reads build/bench/mnist-mcu.pt if present
     # issue #11: build/bench/mnist-mcu-v{EPS}r{REG}s{SEED}.pt, then verification

@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 
+from .distill import model_for
 from .fileio import atomic_write_bytes
-from .model import BNN, build_model
+from .model import BNN
 from .spec import ModelSpec, SpecError
 from .validate import validate_checkpoint_state
 
@@ -113,7 +114,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                 not isinstance(payload.get("state_dict"), dict):
             raise SpecError("spec and state_dict must be mappings")
         spec = ModelSpec.from_dict(payload["spec"])
-        model = build_model(spec)
+        meta = payload.get("meta")
+        # A float network (a distillation teacher, ebnn.distill) has the BNN's keys.
+        model = model_for(spec, meta if isinstance(meta, dict) else None)
         model.load_state_dict(payload["state_dict"])
         # Shapes match the spec (load_state_dict checked them); now the values.
         validate_checkpoint_state(payload["state_dict"], payload.get("quantizer"),

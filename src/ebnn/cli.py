@@ -27,6 +27,7 @@ from typing import Any
 
 from .checkpoint import CheckpointError
 from .data import DataError
+from .recipe import add_recipe_arguments, recipe_options
 from .spec import SpecError
 
 # Errors that describe a problem with the user's input, not a bug: one line, exit 2.
@@ -63,7 +64,8 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
                          memory_efficient=args.memory_efficient,
                          early_exit_reg=args.early_exit_reg, device=args.device,
                          verify_reg=args.verify_reg, verify_eps=args.verify_eps,
-                         threads=args.threads)
+                         threads=args.threads, float_model=args.float,
+                         **recipe_options(args))
     world = ctx.world_size if ctx else 1
     main = ctx is None or ctx.is_main
     say = _err if main else (lambda _msg: None)  # one process speaks for a distributed run
@@ -368,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="radius in uint8 steps for --verify-reg (default 2)")
     p.add_argument("--early-exit-reg", type=float, default=0.0, metavar="L",
                    help="weight of the penalty on pre-activations near the sign threshold")
+    add_recipe_arguments(p)
+    p.add_argument("--float", action="store_true",
+                   help="train the float twin of the model (real weights, hardtanh): a "
+                        "distillation teacher for --teacher PATH; it cannot be folded")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads (0: torch's default, at most 4)")

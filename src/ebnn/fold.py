@@ -92,6 +92,9 @@ def fold_output_scores(a: np.ndarray, c: np.ndarray, beta: np.ndarray, zmax: int
 def fold(model: BNN, meta: dict | None = None,
          quantizer: dict | None = None, class_names: list[str] | None = None) -> IntegerModel:
     """Fold a trained network (eval-mode statistics) into an :class:`IntegerModel`."""
+    if getattr(model, "is_float", False):  # ebnn.distill.FloatNet: nothing binary to fold
+        raise ValueError("a float network (ebnn train --float, a distillation teacher) "
+                         "cannot be folded: it has no binary weights")
     spec = model.spec
     from .validate import validate_checkpoint_state
 

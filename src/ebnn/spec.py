@@ -335,6 +335,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mnist-mcu": _preset("mnist-mcu", [1, 28, 28], 10,
                          [_conv(8, 3, pool=2, same=False), _conv(32, 3, pool=2, same=False),
                           {"type": "dense", "units": 128}, {"type": "output"}]),
+    # mnist-mcu with 16 uint8 filters: the first layer is what limits mnist-mcu. Chosen for
+    # at most 640,000 Cortex-M4 instructions and 100 ms on the ATmega328P (issue #15;
+    # figures in BENCHMARKS.md, section accuracy).
+    "mnist-fast": _preset("mnist-fast", [1, 28, 28], 10,
+                          [_conv(16, 3, pool=2, same=False), _conv(32, 3, pool=2, same=False),
+                           {"type": "dense", "units": 128}, {"type": "output"}]),
+    # mnist-fast with 32 uint8 filters: the most accurate MNIST model found within 2 KB of
+    # peak RAM (input and stack included) and 32 KB of flash on the ATmega328P (issue #15;
+    # figures in BENCHMARKS.md, section accuracy). Cheaper than mnist-2kb (1.2M binary
+    # MACs against 4.5M) and more accurate: the real-valued first layer is what limits.
+    "mnist-2kb-wide": _preset("mnist-2kb-wide", [1, 28, 28], 10,
+                              [_conv(32, 3, pool=2, same=False),
+                               _conv(32, 3, pool=2, same=False),
+                               {"type": "dense", "units": 128}, {"type": "output"}]),
     # mnist-mcu with a 120-unit dense layer: fits the WCH CH32V003 whole (16 KB of flash
     # with the start-up code, 2 KB of RAM with the input and the stack bound) with about
     # 850 bytes of flash to spare. mnist-mcu itself left 8 to 28 bytes on three trained

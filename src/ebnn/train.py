@@ -57,9 +57,11 @@ from tqdm import tqdm
 from . import __version__
 from . import distributed as ddp
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import Dataset, normalization, random_shift
+from .data import Dataset, normalization
+from .distill import FLOAT_META, distillation_loss, float_twin, prepare_teacher, teacher_scores
 from .layers import sign
 from .model import BNN, build_model
+from .recipe import RECIPE_DEFAULTS, augment, augmenting, check_recipe, freeze_batch_norm
 from .spec import ModelSpec
 from .stability import stability_penalty
 from .summary import summarize
@@ -105,6 +107,18 @@ class TrainConfig:
     bn_recalibrate: bool = True
     device: str = "cpu"
     threads: int = 0
+    # Distillation (ebnn.distill) and the recipe options; at their defaults they are left
+    # out of run_key(), so runs from before they existed still resume.
+    teacher: str = ""
+    teacher_model: str = ""
+    teacher_epochs: int = 0
+    distill_alpha: float = 0.5
+    distill_temperature: float = 1.0
+    float_model: bool = False
+    label_smoothing: float = 0.0
+    augment_rotate: float = 0.0
+    augment_scale: float = 0.0
+    bn_freeze_epochs: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -130,6 +144,7 @@ class TrainConfig:
             raise ValueError(f"--verify-reg must be a finite number >= 0, got {self.verify_reg}")
         if not 0 <= self.verify_eps <= 255:
             raise ValueError(f"--verify-eps must be between 0 and 255, got {self.verify_eps}")
+        check_recipe(self)
 
     def run_key(self) -> dict[str, Any]:
         """The settings that must match for a run to be resumed (device and threads may change)."""
@@ -139,6 +154,12 @@ class TrainConfig:
         if not self.verify_reg:  # off: runs from before the option existed still resume
             d.pop("verify_reg")
             d.pop("verify_eps")
+        for name, value in RECIPE_DEFAULTS.items():
+            if d[name] == value:
+                d.pop(name)
+        if not self.teacher:
+            d.pop("distill_alpha", None)
+            d.pop("distill_temperature", None)
         return d
 
 
@@ -178,10 +199,10 @@ def squared_hinge(scores: Tensor, y: Tensor) -> Tensor:
     return F.relu(1.0 - t * scores).square().mean()
 
 
-def _loss(name: str, scores: Tensor, y: Tensor) -> Tensor:
+def _loss(name: str, scores: Tensor, y: Tensor, label_smoothing: float = 0.0) -> Tensor:
     if name == "squared-hinge":
         return squared_hinge(scores, y)
-    return F.cross_entropy(scores, y)
+    return F.cross_entropy(scores, y, label_smoothing=label_smoothing)
 
 
 def _forward_with_preactivations(model: BNN, x: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -309,11 +330,16 @@ class _Step(nn.Module):
 
 
 def _forward_backward(step: nn.Module, xb: Tensor, yb: Tensor, cfg: TrainConfig,
-                      weight: float = 1.0) -> tuple[Tensor, Tensor]:
+                      weight: float = 1.0, teacher: nn.Module | None = None
+                      ) -> tuple[Tensor, Tensor]:
     """One step's loss (mean over ``xb``) and scores; backpropagates ``weight * loss``
-    (the process's share of a global batch, :func:`ebnn.distributed.loss_weight`)."""
+    (the process's share of a global batch, :func:`ebnn.distributed.loss_weight`).
+    With a ``teacher`` the loss mixes in distillation (:mod:`ebnn.distill`)."""
     scores, pres, penalty = step(xb, cfg.early_exit_reg > 0)
-    loss = _loss(cfg.loss, scores, yb)
+    loss = _loss(cfg.loss, scores, yb, cfg.label_smoothing)
+    if teacher is not None:
+        soft = distillation_loss(scores, teacher_scores(teacher, xb), cfg.distill_temperature)
+        loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * soft
     if pres:
         loss = loss + cfg.early_exit_reg * early_exit_penalty(pres, cfg.early_exit_margin)
     if penalty is not None:
@@ -371,9 +397,14 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
     if n < 2 * world:
         raise ValueError(f"need at least {2 * world} training examples, got {n}")
 
+    teacher = prepare_teacher(spec, train_ds, val_ds, cfg, out, say, distributed) \
+        if cfg.teacher else None
     torch.manual_seed(cfg.seed)
     offsets, scale = normalization(np.asarray(train_ds.x))
-    model = build_model(spec, offsets, scale)
+    model = float_twin(spec, offsets, scale) if cfg.float_model else \
+        build_model(spec, offsets, scale)
+    if teacher is not None:
+        teacher.to(device)
     if cfg.memory_efficient:
         from .memeff import make_memory_efficient  # optional, loaded only when asked for
 
@@ -394,6 +425,8 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
     meta = {"data": train_ds.name, "classes": int(spec.classes),
             "class_names": train_ds.class_names,
             "config": asdict(cfg), "ebnn_version": __version__}
+    if cfg.float_model:
+        meta[FLOAT_META] = True  # load_checkpoint rebuilds the float network
     if world > 1:
         meta["processes"] = world
     quantizer = train_ds.quantizer
@@ -438,6 +471,9 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
         model.train()
+        frozen = epoch >= cfg.epochs - cfg.bn_freeze_epochs
+        if frozen:
+            freeze_batch_norm(model)
         # Every process draws the same order; each takes its share of every global batch.
         batches = ddp.global_batches(torch.randperm(n, generator=gen), cfg.batch_size, world)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show_bar,
@@ -446,14 +482,15 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
         step_losses: list[float] = []
         for batch in bar:
             idx = ddp.shard(batch, rank, world)
-            if cfg.augment_shift > 0:  # shifts drawn for the whole global batch
-                xb = ddp.shard(random_shift(x[batch], cfg.augment_shift, gen), rank, world)
+            if augmenting(cfg):  # drawn for the whole global batch
+                xb = ddp.shard(augment(x[batch], cfg, gen), rank, world)
             else:
                 xb = x[idx]
             xb, yb = xb.to(device), y[idx].to(device)
             opt.zero_grad(set_to_none=True)
             loss, scores = _forward_backward(step, xb, yb, cfg,
-                                             ddp.loss_weight(len(idx), len(batch), world))
+                                             ddp.loss_weight(len(idx), len(batch), world),
+                                             teacher)
             opt.step()
             step_losses.append(loss.item() * len(idx))
             total_loss += step_losses[-1]
@@ -466,7 +503,7 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
                 [*step_losses, total_loss, correct, seen], device)
         batch_losses += [s / len(b) for s, b in zip(step_losses, batches, strict=True)]
         sched.step()
-        if cfg.bn_recalibrate:
+        if cfg.bn_recalibrate and not frozen:
             ddp.recalibrate_batch_norm(model, x)
         val = _validate(model, val_ds, ctx) if val_ds is not None else None
         record = {"epoch": epoch + 1, "loss": total_loss / seen, "train_accuracy": correct / seen,

@@ -25,7 +25,7 @@ from .base import DataError, Dataset, FeatureQuantizer, train_val_split
 from .download import download
 from .sources import SOURCES, default_data_dir, load_dataset
 from .timeseries import SeriesOptions, TsFormatError, load_ts, read_ts
-from .transforms import normalization, random_shift
+from .transforms import normalization, random_affine, random_shift
 
 __all__ = [
     "SOURCES",
@@ -39,6 +39,7 @@ __all__ = [
     "load_dataset",
     "load_ts",
     "normalization",
+    "random_affine",
     "random_shift",
     "read_ts",
     "train_val_split",

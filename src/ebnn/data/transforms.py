@@ -1,4 +1,5 @@
-"""Input normalisation constants and shift augmentation for ``uint8`` batches.
+"""Input normalisation constants and shift, rotation and zoom augmentation for ``uint8``
+batches.
 
 :func:`normalization` gives the integer per-channel offsets and the one real scale that
 the network stores (docs/FORMAT.md section 4); :func:`random_shift` is the augmentation
@@ -76,3 +77,33 @@ def random_shift(x: torch.Tensor, max_shift: int,
     k = torch.arange(n, device=x.device)[:, None, None]
     out = padded[k, :, rows[:, :, None], cols[:, None, :]]  # advanced dims first: (N, H, W, C)
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def random_affine(x: torch.Tensor, max_degrees: float = 0.0, max_scale: float = 0.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rotate every image of the ``uint8`` batch ``x`` (N, C, H, W) about its centre by its
+    own random angle in ``[-max_degrees, max_degrees]`` and zoom it by a random factor in
+    ``[1 - max_scale, 1 + max_scale]`` (bilinear, rounded back to ``uint8``; pixels from
+    outside are 0). Random numbers come from ``generator`` when given; with both limits 0
+    the batch is returned unchanged (a copy)."""
+    if x.dim() != 4:
+        raise ValueError(f"need an (N, C, H, W) batch, got shape {tuple(x.shape)}")
+    if max_degrees < 0 or not 0 <= max_scale < 1:
+        raise ValueError(f"need max_degrees >= 0 and 0 <= max_scale < 1, got {max_degrees}, "
+                         f"{max_scale}")
+    if (max_degrees == 0 and max_scale == 0) or x.shape[0] == 0:
+        return x.clone()
+    n = x.shape[0]
+    gen_device = generator.device if generator is not None else x.device
+    u = torch.rand((2, n), generator=generator, device=gen_device).to(x.device) * 2 - 1
+    angle = u[0] * (max_degrees * np.pi / 180.0)
+    zoom = 1.0 + u[1] * max_scale
+    # affine_grid maps output coordinates to input ones: the inverse rotation, scaled by
+    # 1/zoom, so the content grows by ``zoom``.
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear",
+                                          padding_mode="zeros", align_corners=False)
+    return out.round().clamp(0, 255).to(x.dtype)

@@ -110,6 +110,7 @@ class Budget:
     flash: int
     target: str | None = None
     max_count: int | None = None
+    max_ms: float | None = None
 
     def __post_init__(self) -> None:
         if self.ram <= 0 or self.flash <= 0:
@@ -122,16 +123,61 @@ class Budget:
 
     @classmethod
     def parse(cls, ram: str | int, flash: str | int, target: str | None = None,
-              max_count: int | str | None = None) -> Budget:
+              max_count: int | str | None = None, max_ms: float | str | None = None
+              ) -> Budget:
+        """A budget from the CLI's texts. ``max_ms`` becomes a count limit at ``target``'s
+        clock (:func:`count_for_ms`); with both limits the lower one counts."""
         count = None if max_count is None else parse_count(max_count)
+        ms = None
+        if max_ms is not None:
+            ms = parse_ms(max_ms)
+            if target is None:
+                raise BudgetError("--max-ms needs --target (times come from the emulated "
+                                  "target's cycles or instructions at its clock)")
+            by_time = count_for_ms(ms, target)
+            count = by_time if count is None else min(count, by_time)
         return cls(parse_bytes(ram, "RAM budget"), parse_bytes(flash, "flash budget"),
-                   target, count)
+                   target, count, ms)
 
     def describe(self) -> str:
         text = f"RAM {format_bytes(self.ram)}, flash {format_bytes(self.flash)}"
         if self.max_count is not None:
             text += f", at most {self.max_count:,} per inference on {self.target}"
+        if self.max_ms is not None:
+            text += f" (time limit {self.max_ms:g} ms)"
         return text
+
+
+def parse_ms(text: float | str) -> float:
+    """Milliseconds from ``100``, ``100ms`` or ``0.1s``."""
+    s = str(text).strip().lower()
+    mult = 1.0
+    if s.endswith("ms"):
+        s = s[:-2]
+    elif s.endswith("s"):
+        s, mult = s[:-1], 1000.0
+    try:
+        value = float(s) * mult
+    except ValueError:
+        raise BudgetError(f"cannot read {text!r} as a time; write e.g. 100, 100ms or "
+                          "0.1s") from None
+    if not math.isfinite(value) or value <= 0:
+        raise BudgetError(f"a time limit must be positive, got {text!r}")
+    return value
+
+
+def count_for_ms(ms: float, target: str) -> int:
+    """The most cycles (AVR) or instructions (Cortex-M, RISC-V) that run in ``ms``
+    milliseconds at ``target``'s clock: the inverse of :meth:`ebnn.targets.Target.ms`.
+    On the AVR, whose emulator counts clock cycles (simavr), this is exact; where
+    instructions are counted it assumes one cycle per instruction, so a model within the
+    limit may still take longer on the chip (see :meth:`~ebnn.targets.Target.ms`)."""
+    from ..targets import get_target
+
+    tgt = get_target(target)
+    if not tgt.clock_hz:
+        raise BudgetError(f"target {target} has no clock: --max-ms cannot be used with it")
+    return max(1, math.floor(ms * tgt.clock_hz / 1000.0 + 1e-9))
 
 
 def parse_count(text: str | int) -> int:

@@ -56,6 +56,10 @@ def add_search_parser(sub: Any) -> None:
                         "objective")
     p.add_argument("--max-instructions", metavar="N",
                    help="limit per inference on --target (e.g. 640000, 640k, 2M)")
+    p.add_argument("--max-ms", metavar="MS",
+                   help="time limit per inference on --target at its clock (e.g. 100, "
+                        "100ms): exact cycles on the AVR, one cycle per instruction on "
+                        "Cortex-M and RISC-V")
     p.add_argument("--trials", type=int, required=True,
                    help="trained trials the study should hold (rejected candidates do not "
                         "count); a rerun with a larger N continues the study")
@@ -99,7 +103,20 @@ def add_search_parser(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads with one worker (0: default; workers use 1 each)")
     p.add_argument("--progress", action="store_true", help="progress bars while training")
+    from ..recipe import add_recipe_arguments
+
+    add_recipe_arguments(p)
     p.set_defaults(func=cmd_search)
+
+
+def _recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe options that differ from TrainConfig's defaults (the study key holds
+    only these, so studies from before the options existed still resume)."""
+    from ..recipe import recipe_options
+    from ..train import TrainConfig
+
+    defaults = TrainConfig()
+    return {k: v for k, v in recipe_options(args).items() if getattr(defaults, k) != v}
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -112,7 +129,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                         kernels=args.kernels, pools=args.pools, units=args.units)
     cfg = SearchConfig(data=args.data, out=args.out, ram=args.ram, flash=args.flash,
                        trials=args.trials, target=args.target,
-                       max_instructions=args.max_instructions, workers=args.workers,
+                       max_instructions=args.max_instructions, max_ms=args.max_ms,
+                       workers=args.workers,
                        storage=args.storage, study_name=args.study_name, epochs=args.epochs,
                        final_epochs=args.final_epochs, batch_size=args.batch_size, lr=args.lr,
                        augment_shift=args.augment_shift, val_fraction=args.val_fraction,
@@ -120,7 +138,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                        word_bits=args.word_bits, space=space, sampler=args.sampler,
                        prune_after=args.prune_after, final=not args.no_final,
                        threads=args.threads, progress=args.progress,
-                       heartbeat=args.heartbeat)
+                       heartbeat=args.heartbeat, recipe=_recipe(args))
     result = search(cfg)
     print(f"{result.trained} trials trained in {result.seconds:.0f} s; Pareto front "
           f"({result.out / 'pareto.md'}):\n")

@@ -23,7 +23,7 @@ def train_final(cfg: SearchConfig, best: dict[str, Any], log: Callable[[str], No
     from ..codegen import export_c
     from ..fold import fold
     from ..spec import ModelSpec
-    from ..train import TrainConfig, evaluate, train
+    from ..train import evaluate, train
     from .measure import build_for_target
 
     budget = cfg.budget()
@@ -33,9 +33,7 @@ def train_final(cfg: SearchConfig, best: dict[str, Any], log: Callable[[str], No
     root = int(best["resume_of"] if best.get("resume_of") is not None else best["number"])
     work = cfg.out / "final" / f"{root:04d}"
     work.mkdir(parents=True, exist_ok=True)
-    tcfg = TrainConfig(epochs=cfg.final_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                       seed=cfg.seed, val_fraction=cfg.val_fraction,
-                       augment_shift=cfg.augment_shift, threads=cfg.threads)
+    tcfg = cfg.train_config(cfg.final_epochs)
     log(f"final model: trial {best['number']} ({best['desc']}), {cfg.final_epochs} epochs")
     result = train(spec, tr, va, tcfg, work / "model.pt", progress=cfg.progress,
                    log=lambda m: log("  " + m))

@@ -115,6 +115,7 @@ class SearchConfig:
     trials: int = 20
     target: str | None = None
     max_instructions: int | str | None = None
+    max_ms: float | str | None = None
     workers: int = 1
     storage: str | None = None
     study_name: str = STUDY_NAME
@@ -139,6 +140,7 @@ class SearchConfig:
     final: bool = True
     progress: bool = False
     heartbeat: int = HEARTBEAT_S
+    recipe: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -158,9 +160,22 @@ class SearchConfig:
         if self.word_bits is not None and self.word_bits not in (8, 16, 32):
             raise ValueError(f"--word-bits must be 8, 16 or 32, got {self.word_bits}")
         self.budget()  # raises BudgetError for bad budgets
+        self.train_config(self.epochs)  # raises ValueError for bad recipe options
+        self.train_config(self.final_epochs)
 
     def budget(self) -> Budget:
-        return Budget.parse(self.ram, self.flash, self.target, self.max_instructions)
+        return Budget.parse(self.ram, self.flash, self.target, self.max_instructions,
+                            self.max_ms)
+
+    def train_config(self, epochs: int, threads: int | None = None) -> Any:
+        """The :class:`~ebnn.train.TrainConfig` of a trial (``epochs``) or of the final
+        model: the search's settings and its ``recipe`` (distillation, augmentation...)."""
+        from ..train import TrainConfig
+
+        return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr,
+                           seed=self.seed, val_fraction=self.val_fraction,
+                           augment_shift=self.augment_shift,
+                           threads=self.threads if threads is None else threads, **self.recipe)
 
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
@@ -178,7 +193,8 @@ class SearchConfig:
                 "batch_size": self.batch_size, "lr": self.lr,
                 "augment_shift": self.augment_shift, "val_fraction": self.val_fraction,
                 "seed": self.seed, "word_bits": self.word_bits,
-                "space": self.effective_space().to_dict()}
+                "space": self.effective_space().to_dict(),
+                **({"recipe": self.recipe} if self.recipe else {})}
 
 
 @dataclass
@@ -469,7 +485,7 @@ class Worker:
         import optuna
 
         from ..fold import fold
-        from ..train import TrainConfig, train
+        from ..train import train
 
         cfg, b = self.cfg, self.budget
         trial.set_user_attr("status", "training")
@@ -477,10 +493,7 @@ class Worker:
         tdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(tdir / "spec.json", json.dumps(
             {**spec.to_dict(), "word_bits": wb, "footprint": fp.to_dict()}, indent=2))
-        tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                           seed=cfg.seed, val_fraction=cfg.val_fraction,
-                           augment_shift=cfg.augment_shift,
-                           threads=1 if cfg.workers > 1 else cfg.threads)
+        tcfg = cfg.train_config(cfg.epochs, 1 if cfg.workers > 1 else cfg.threads)
         curve: list[float | None] = []
         t0 = time.perf_counter()
 
