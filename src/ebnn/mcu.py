@@ -81,6 +81,11 @@ cycle per instruction, a lower bound.
   the Cortex-M4.
 
 Pass ``word_bits=`` or ``popcount=`` to override.
+
+**Early exit** is ``"auto"`` unless told otherwise: :func:`build_model_for_target` builds
+and emulates the model with and without it, per binary layer, on this target and keeps
+the fastest (:mod:`ebnn.early_exit_auto`); the choice and its figures are in
+``TargetBuild.export.early_exit_choice`` and in the reports (``early_exit_choice``).
 """
 
 from __future__ import annotations

@@ -117,6 +117,9 @@ __all__ = ["ExportResult", "export_c", "c_name", "choose_word_bits", "early_exit
 #: (On AVR a stored tap order breaks the window's contiguous weight runs, which the
 #: assembly kernel needs.) Models trained with ``--early-exit-reg`` decide earlier and may
 #: want shorter intervals: pass ``early_exit_every`` and measure with ``ebnn bench``.
+#: Whether early exit is on at all, per layer, is measured per model and target by
+#: ``early_exit="auto"`` (:mod:`ebnn.early_exit_auto`); the interval is not part of that
+#: choice.
 EARLY_EXIT_BITS: dict[str | None, int] = {
     "cortex-m4": 256,
     "cortex-m0plus": 256,
