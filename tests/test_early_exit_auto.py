@@ -146,7 +146,7 @@ def test_bench_and_build_default_to_auto(tmp_path, model):
     r = bench_on_target(model, "cortex-m4", x, word_bits=8, out_dir=tmp_path)
     choice = r["early_exit_choice"]
     assert choice["setting"] == "auto" and choice["measured"]
-    assert choice["images"] == AUTO_IMAGES and choice["inputs"] == "first inputs of the benchmark"
+    assert choice["images"] == AUTO_IMAGES and choice["inputs"] == "leading inputs of the benchmark"
     assert r["early_exit_layers"] == choice["layers"] and r["agree_with_engine"]
     assert r["instructions_per_inference"] > 0 and not r["problems"]
     assert "early exit auto:" in format_report(r)

@@ -607,7 +607,7 @@ def bench_on_target(model: IntegerModel | str | Path, target: str | Target, x: n
     with tempfile.TemporaryDirectory(prefix="ebnn-bench-") as tmp:
         if early_exit_inputs is None:
             early_exit_inputs = x[:AUTO_IMAGES]
-            early_exit_label = early_exit_label or "first inputs of the benchmark"
+            early_exit_label = early_exit_label or "leading inputs of the benchmark"
         tb = build or build_model_for_target(model, tgt, out_dir or tmp, word_bits=word_bits,
                                              early_exit=early_exit, modes=modes,
                                              popcount=popcount,
