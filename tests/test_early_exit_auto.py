@@ -10,7 +10,9 @@ exact counts of builds made independently.
 
 from __future__ import annotations
 
+import copy
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -28,7 +30,12 @@ from ebnn.early_exit_auto import (
     setting_layers,
 )
 from ebnn.targets import TARGETS
-from ebnn.testing import conv_block, random_and_extreme_inputs, random_integer_model
+from ebnn.testing import (
+    build_c_runner,
+    conv_block,
+    random_and_extreme_inputs,
+    random_integer_model,
+)
 
 EVERY = 1  # words between checks: the settings' effects are large and clear
 
@@ -78,31 +85,43 @@ def test_auto_without_an_emulated_target_is_off(tmp_path, model, target):
     assert "Early exit: auto: off (" in ex.header.read_text()
 
 
-def test_per_layer_setting_is_bit_exact(tmp_path, model):
-    """Each per-layer setting, compiled on the host, equals the NumPy engine bit for bit,
-    and only the named layers carry the checks."""
-    from ebnn.hostc import convert
+def _c_scores(export, x: np.ndarray, model) -> np.ndarray:
+    """Scores of an export compiled on the host into a program (any export option)."""
+    exe = build_c_runner(export, ["-std=c99", "-O1"])
+    path = export.out_dir / "inputs.bin"
+    path.write_bytes(engine.to_hwc(model, x).tobytes())
+    out = subprocess.run([str(exe), str(path)], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    return np.array([[int(v) for v in line.split()[1:]] for line in out.splitlines()[1:]])
+
+
+@pytest.mark.parametrize("tap_order", [False, True])
+def test_per_layer_setting_is_bit_exact(tmp_path, model, tap_order):
+    """Each per-layer setting, checking every word (so checks decide both ways in both
+    layers), compiled on the host, equals the NumPy engine bit for bit; only the named
+    layers carry the checks."""
+    from ebnn.early_exit import set_tap_order
 
     x = random_and_extreme_inputs(model, 12, seed=1)
+    if tap_order:
+        model = copy.deepcopy(model)
+        set_tap_order(model, random_and_extreme_inputs(model, 20, seed=5), word_bits=8)
     ref = engine.scores(model, x)
     sources = {}
     for layers in ((), (1,), (2,), (1, 2)):
-        compiled = convert(model, word_bits=8, early_exit=layers)
-        try:
-            assert np.array_equal(compiled.scores(x), ref), layers
-        finally:
-            compiled.close()
-    for layers in ((1,), (2,)):
-        ex = export_c(model, tmp_path / f"l{layers[0]}", word_bits=8, early_exit=layers,
+        ex = export_c(model, tmp_path / f"l{layers}", word_bits=8, early_exit=layers,
                       early_exit_every=EVERY)
-        sources[layers] = ex.source.read_text()
         assert ex.early_exit_layers == layers
-        assert f"Early exit in layer(s) {layers[0]}: checks every 1 word(s)" in sources[layers]
+        np.testing.assert_array_equal(_c_scores(ex, x, model), ref)
+        sources[layers] = ex.source.read_text()
+    for i in (1, 2):
+        assert f"Early exit in layer(s) {i}: checks every 1 word(s)" in sources[(i,)]
     # the function of a layer without early exit is the same as in the export without it
-    off = export_c(model, tmp_path / "off", word_bits=8, early_exit="off").source.read_text()
+    off = sources[()]
     assert _function(sources[(1,)], 2) == _function(off, 2)
     assert _function(sources[(2,)], 1) == _function(off, 1)
     assert _function(sources[(1,)], 1) != _function(off, 1)
+    assert _function(sources[(1, 2)], 2) == _function(sources[(2,)], 2)
 
 
 def _function(source: str, i: int) -> str:
