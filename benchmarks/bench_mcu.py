@@ -68,8 +68,9 @@ def build_all(model, configs: list[tuple[str, int | None, str | None]], out: Pat
     use one snapshot of the code generator even while it is being edited."""
     def one(cfg: tuple[str, int | None, str | None]):
         t, wb, pc = cfg
+        # without early exit: bench_early_exit_auto.py measures it per target
         return build_model_for_target(model, t, out / "-".join(map(str, cfg)), word_bits=wb,
-                                      popcount=pc)
+                                      popcount=pc, early_exit=False)
 
     with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:  # compilers: processes
         return list(pool.map(one, configs))

@@ -103,7 +103,7 @@ def seed_rows(paths: list[Path], x: np.ndarray, y: np.ndarray, out: Path) -> lis
     rows = []
     for path in paths:
         model = load_integer_model(path)
-        tb = build_model_for_target(model, "ch32v003", out / path.stem)
+        tb = build_model_for_target(model, "ch32v003", out / path.stem, early_exit=False)
         over = tb.overshoot()
         total = tb.footprint.total
         rows.append({

@@ -28,6 +28,8 @@ ORDER = {
                    "--regularised", "0.5=build/bench/mnist-mcu-reg0.5.pt",
                    "--regularised", "1.5=build/bench/mnist-mcu-reg1.5.pt",
                    "--regularised", "3=build/bench/mnist-mcu-reg3.pt"],
+    "early-exit-auto": ["bench_early_exit_auto.py", "--model", "mnist-mcu=build/bench/mnist-mcu.pt",
+                        "--model", "mnist-2kb=build/bench/mnist-2kb.pt"],
     "search": ["bench_search.py"],
     # issue #15: trains build/accuracy/<goal>-<variant>-s<seed>.pt (hours on 2 cores) if missing
     "accuracy": ["bench_accuracy.py", "--images", "100"],

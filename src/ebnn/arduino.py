@@ -170,7 +170,10 @@ def _write_library(model: IntegerModel, lib: Path, cname: str, wb: int, target: 
                    example_image: np.ndarray | None) -> None:
     from . import engine
 
-    ex = export_c(model, lib / "src", name=cname, word_bits=wb, target=target)
+    # No early exit: the library is compiled by the Arduino IDE for any board, so there
+    # is no one target to measure whether it pays on (ebnn.early_exit_auto).
+    ex = export_c(model, lib / "src", name=cname, word_bits=wb, target=target,
+                  early_exit=False)
     block = _POPCOUNT_BLOCK.format(
         avr="EBNN_POPCOUNT_" + TARGET_DEFAULTS["atmega328p"].popcount.upper(),
         arm="EBNN_POPCOUNT_" + TARGET_DEFAULTS["cortex-m4"].popcount.upper())

@@ -241,10 +241,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     from .codegen import export_c
 
+    x, label = _early_exit_inputs(model, args)
     result = export_c(model, args.out, name=args.name, word_bits=args.word_bits,
-                      modes=args.modes, early_exit=args.early_exit, target=args.target)
+                      modes=args.modes, early_exit=args.early_exit, target=args.target,
+                      early_exit_inputs=x, early_exit_label=label)
     plan = result.memory
     print(f"wrote {', '.join(p.name for p in result.files)} to {result.out_dir}")
+    if result.early_exit_choice is not None:
+        print(f"early exit {result.early_exit_choice.summary()}")
     print(f"{result.name.upper()}_FLASH_BYTES {plan.flash_bytes}, "
           f"{result.name.upper()}_RAM_BYTES {plan.ram_bytes}, "
           f"stack bound {plan.stack_bytes}, input {plan.input_bytes} bytes")
@@ -258,10 +262,26 @@ def cmd_spec(args: argparse.Namespace) -> int:
     return 0
 
 
+def _early_exit_inputs(model, args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The inputs ``--early-exit auto`` measures on: the first images of ``--data``, or
+    none (then a fixed random sample)."""
+    if args.early_exit != "auto" or not args.data:
+        return None, None
+    from .early_exit_auto import AUTO_IMAGES
+    from .mcu import bench_inputs
+
+    x, _ = bench_inputs(model, args.data, args.data_dir, "test", AUTO_IMAGES)
+    return x, f"{args.data} test images"
+
+
 def cmd_build(args: argparse.Namespace) -> int:
+    from .fold import load_integer_model
     from .mcu import build_model_for_target, build_options, format_build
 
-    tb = build_model_for_target(args.model, args.target, args.out, **build_options(args))
+    model = load_integer_model(args.model)
+    x, label = _early_exit_inputs(model, args)
+    tb = build_model_for_target(model, args.target, args.out, early_exit_inputs=x,
+                                early_exit_label=label, **build_options(args))
     if args.json:
         _print_json(tb.to_dict())
     else:
@@ -312,6 +332,13 @@ def _data_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.pad or args.truncate or args.series_length is not None:
         series = SeriesOptions(args.series_length, args.pad, args.truncate)
     return {"series": series, "channels": args.channels}
+
+
+def _add_early_exit_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="SRC",
+                   help="data set whose first test images --early-exit auto measures on "
+                        "(default: random inputs)")
+    p.add_argument("--data-dir", metavar="DIR", help="where a named source's files are")
 
 
 def _add_export_args(p: argparse.ArgumentParser, modes_default: str | None) -> None:
@@ -413,8 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["c", "arduino"], default="c")
     p.add_argument("--name", help="C identifier prefix (default: the model's name)")
     _add_export_args(p, modes_default=None)
-    p.add_argument("--early-exit", action="store_true",
-                   help="stop each binary neuron once its output is decided (same results)")
+    from .early_exit_auto import add_early_exit_option
+
+    add_early_exit_option(p)
+    _add_early_exit_data(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("spec", help="print a preset's spec as JSON (a start for your own)")
@@ -445,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "header (exit 1 if they disagree).")
     add_build_options(p)
     p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    _add_early_exit_data(p)
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("bench", help="run a model on an emulated microcontroller",

@@ -32,6 +32,7 @@ import numpy as np
 
 from .codegen import ExportResult, export_c
 from .deploy import IntegerModel
+from .early_exit_auto import Setting
 from .engine import to_hwc
 from .memory import MemoryPlan
 
@@ -155,14 +156,15 @@ class CompiledModel:
 
 def convert(model_or_path: Any, *, word_bits: int = 32,
             modes: str | Sequence[str | None] | Mapping[int, str] | None = None,
-            early_exit: bool = False, name: str | None = None,
+            early_exit: Setting = False, name: str | None = None,
             cflags: Sequence[str] = HOST_CFLAGS,
             build_dir: str | Path | None = None) -> CompiledModel:
     """Generate C for a model, compile it on the host and load it.
 
     ``model_or_path``: an :class:`~ebnn.deploy.IntegerModel`, a trained
     :class:`~ebnn.model.BNN` (folded here), or a path to a ``.ebnn`` file or a training
-    checkpoint. ``word_bits``, ``modes``, ``early_exit`` and ``name`` are those of
+    checkpoint. ``word_bits``, ``modes``, ``early_exit`` (off by default: the host has
+    no exact count for ``"auto"`` to decide by) and ``name`` are those of
     :func:`ebnn.codegen.export_c`. ``build_dir`` keeps the build there instead of in a
     temporary directory. ``cflags`` replaces :data:`HOST_CFLAGS` (``("-O2",)`` gives the
     portable build).

@@ -81,6 +81,11 @@ cycle per instruction, a lower bound.
   the Cortex-M4.
 
 Pass ``word_bits=`` or ``popcount=`` to override.
+
+**Early exit** is ``"auto"`` unless told otherwise: :func:`build_model_for_target` builds
+and emulates the model with and without it, per binary layer, on this target and keeps
+the fastest (:mod:`ebnn.early_exit_auto`); the choice and its figures are in
+``TargetBuild.export.early_exit_choice`` and in the reports (``early_exit_choice``).
 """
 
 from __future__ import annotations
@@ -100,6 +105,7 @@ import numpy as np
 
 from .codegen import ExportResult, choose_word_bits, export_c
 from .deploy import IntegerModel
+from .early_exit_auto import AUTO_IMAGES, Setting, add_early_exit_option, resolve
 from .targets import (
     BuildError,
     BuildResult,
@@ -313,7 +319,11 @@ class TargetBuild:
         d: dict[str, Any] = {
             "target": self.target.name, "chip": self.target.chip, "model": self.name,
             "word_bits": self.word_bits, "popcount": self.popcount,
-            "early_exit": self.export.early_exit, "modes": self.export.memory.modes,
+            "early_exit": self.export.early_exit,
+            "early_exit_layers": list(self.export.early_exit_layers),
+            "early_exit_choice": (self.export.early_exit_choice.to_dict()
+                                  if self.export.early_exit_choice else None),
+            "modes": self.export.memory.modes,
             "source": str(self.export.source), "object": str(self.object_file),
             "elf": str(self.app.elf) if self.app else None,
             "header_flash_bytes": self.header["FLASH_BYTES"],
@@ -361,14 +371,20 @@ def header_macros(header: str | Path, target: str | Target, name: str) -> dict[s
 
 def build_model_for_target(model: IntegerModel | str | Path, target: str | Target,
                            out_dir: str | Path, *, word_bits: int | None = None,
-                           early_exit: bool = False,
+                           early_exit: Setting = "auto",
                            modes: str | Sequence[str | None] | Mapping[int, str] | None = None,
-                           popcount: str | None = None, name: str | None = None
-                           ) -> TargetBuild:
+                           popcount: str | None = None, name: str | None = None,
+                           early_exit_every: int | None = None,
+                           early_exit_inputs: np.ndarray | None = None,
+                           early_exit_label: str | None = None) -> TargetBuild:
     """Export ``model`` and cross-compile it for ``target`` into ``out_dir``.
 
-    ``word_bits`` and ``popcount`` default to :data:`TARGET_DEFAULTS`; ``modes`` and
-    ``early_exit`` go to :func:`ebnn.codegen.export_c`. A model too large for the chip
+    ``word_bits`` and ``popcount`` default to :data:`TARGET_DEFAULTS`; ``modes``,
+    ``early_exit`` and ``early_exit_every`` go to :func:`ebnn.codegen.export_c`. Early
+    exit is ``"auto"`` by default: built with and without it (per layer) and measured on
+    this target over ``early_exit_inputs`` (uint8, (N, C, H, W), described by
+    ``early_exit_label``; default a fixed random sample), the fastest kept
+    (:mod:`ebnn.early_exit_auto`). A model too large for the chip
     (its flash, or its static RAM with the input) is still measured, but no program to
     run is built: ``app`` is then ``None`` and :meth:`TargetBuild.problems` says by how
     much it is over (:meth:`TargetBuild.overshoot`, RAM with the header's stack bound).
@@ -390,8 +406,11 @@ def build_model_for_target(model: IntegerModel | str | Path, target: str | Targe
         raise ValueError(f"unknown popcount {popcount!r}; choose one of "
                          f"{sorted(v for v in VARIANTS if v != 'loop')}")
     out = Path(out_dir)
+    choice = resolve(model, early_exit, tgt.name, inputs=early_exit_inputs,
+                     inputs_label=early_exit_label, word_bits=word_bits, popcount=popcount,
+                     modes=modes, every=early_exit_every)
     ex = export_c(model, out / "src", name=name, word_bits=word_bits, modes=modes,
-                  early_exit=early_exit, target=tgt.name)
+                  early_exit=choice, target=tgt.name, early_exit_every=early_exit_every)
     if tgt.arch == "avr" and ex.memory.flash_bytes > AVR_MAX_OBJECT:
         raise ValueError(f"the model's tables take {ex.memory.flash_bytes} bytes: more than "
                          f"the {tgt.chip}'s flash, and more than avr-gcc allows in one object")
@@ -546,10 +565,12 @@ def layer_profile(tb: TargetBuild, input_bytes: bytes) -> dict[str, int]:
 def bench_on_target(model: IntegerModel | str | Path, target: str | Target, x: np.ndarray,
                     y: np.ndarray | None = None, *, images: int | None = None,
                     out_dir: str | Path | None = None, jobs: int = 1,
-                    word_bits: int | None = None, early_exit: bool = False,
+                    word_bits: int | None = None, early_exit: Setting = "auto",
                     modes: str | Sequence[str | None] | Mapping[int, str] | None = None,
                     popcount: str | None = None, build: TargetBuild | None = None,
-                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    log: Callable[[str], None] | None = None,
+                    early_exit_inputs: np.ndarray | None = None,
+                    early_exit_label: str | None = None) -> dict[str, Any]:
     """Build ``model`` for ``target`` (or use ``build``), run the first ``images`` inputs
     of ``x`` (uint8, (N, C, H, W)) in emulation and report (see the module docstring).
 
@@ -564,8 +585,11 @@ def bench_on_target(model: IntegerModel | str | Path, target: str | Target, x: n
     ``problems`` (empty when every check passed), ``seconds``. On a microcontroller
     ``fits``, ``flash_over_bytes`` and ``ram_over_bytes`` judge the whole program with
     the measured stack (``program_peak_ram_bytes``: static RAM with the input, plus the
-    stack), ``fits_with_stack_bound`` with the header's bound. Without ``out_dir`` the
-    build goes to a temporary directory.
+    stack), ``fits_with_stack_bound`` with the header's bound, and
+    ``early_exit_choice`` how early exit was set (:mod:`ebnn.early_exit_auto`; with
+    ``"auto"``, the default, measured on ``early_exit_inputs``, else on the first
+    :data:`~ebnn.early_exit_auto.AUTO_IMAGES` of the inputs run here). Without ``out_dir``
+    the build goes to a temporary directory.
     """
     import tempfile
 
@@ -581,9 +605,14 @@ def bench_on_target(model: IntegerModel | str | Path, target: str | Target, x: n
         raise ValueError("no images to run")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ebnn-bench-") as tmp:
+        if early_exit_inputs is None:
+            early_exit_inputs = x[:AUTO_IMAGES]
+            early_exit_label = early_exit_label or "leading inputs of the benchmark"
         tb = build or build_model_for_target(model, tgt, out_dir or tmp, word_bits=word_bits,
                                              early_exit=early_exit, modes=modes,
-                                             popcount=popcount)
+                                             popcount=popcount,
+                                             early_exit_inputs=early_exit_inputs,
+                                             early_exit_label=early_exit_label)
         hwc = engine.to_hwc(model, x)
         results = run_on_target(tb, [img.tobytes() for img in hwc], jobs=jobs, log=log)
         # The checks read the build's ELF files: while a temporary build still exists.
@@ -652,6 +681,8 @@ def format_report(report: Mapping[str, Any]) -> str:
                      f"{report['ms_per_inference']:.2f} ms at "
                      f"{report['clock_hz'] / 1e6:g} MHz ({report['ms_basis']})")
     acc = "" if report["accuracy"] is None else f"accuracy {report['accuracy']:.4f}, "
+    if report.get("early_exit_choice"):
+        lines.append(f"early exit {report['early_exit_choice']['summary']}")
     lines.append(f"{report['images']} images: {acc}"
                  f"{'agrees' if report['agree_with_engine'] else 'DISAGREES'} with the NumPy "
                  f"engine ({report['disagreements']} differences); {report['seconds']} s")
@@ -672,6 +703,8 @@ def format_build(tb: TargetBuild) -> str:
                      f"static RAM {tb.static_ram_bytes} bytes (header RAM_BYTES "
                      f"{tb.header['RAM_BYTES']}); stack bound {tb.header['STACK_BYTES']}; "
                      f"input {tb.header['INPUT_BYTES']}")
+    if tb.export.early_exit_choice is not None:
+        lines.append(f"early exit {tb.export.early_exit_choice.summary()}")
     lines += [f"problem: {p}" for p in tb.problems()]
     return "\n".join(lines)
 
@@ -687,7 +720,7 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
                    help="packing word (default: the target's, see ebnn.mcu.TARGET_DEFAULTS)")
     p.add_argument("--popcount", choices=[v for v in VARIANTS if v != "loop"],
                    help="popcount variant (default: the target's measured best)")
-    p.add_argument("--early-exit", action="store_true", help="compile the popcount early exit")
+    add_early_exit_option(p)
     p.add_argument("--mode", choices=["fused", "materialized"],
                    help="loop order of every conv layer (default: each layer's own)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -697,6 +730,7 @@ def build_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for :func:`build_model_for_target` from those options."""
     return {"word_bits": args.word_bits, "popcount": args.popcount,
             "early_exit": args.early_exit, "modes": args.mode}
+
 
 
 def bench_inputs(model: IntegerModel, source: str | None, data_dir: str | Path | None = None,

@@ -54,11 +54,15 @@ are constants of the model, computed when the C is generated. Dense and output l
 are convolutions whose kernel covers the map. Layer ``i``
 writes ping-pong buffer ``i % 2`` and reads the other.
 
-``early_exit=True`` (O3BNN-R, see :mod:`ebnn.early_exit`) evaluates each channel's taps
-in the layer's stored ``tap_order`` and, every ``early_exit_every`` words, stops once
-the comparison with the threshold is decided by exact bounds; results are unchanged.
-The interval per target, :data:`EARLY_EXIT_BITS`, was chosen by measurement; the checks
-cost instructions and on the models measured so far saved little or nothing (see there).
+**Early exit** (O3BNN-R, see :mod:`ebnn.early_exit`) evaluates each channel's taps in
+the layer's stored ``tap_order`` and, every ``early_exit_every`` words, stops once the
+comparison with the threshold is decided by exact bounds; results are unchanged. It is
+set per binary layer (``early_exit="on"``, ``"off"`` or layer indices such as ``{1}``)
+and by default ``"auto"``: measured on the target's emulator, on only in the layers where
+it makes the program faster, off when there is no target to measure on
+(:mod:`ebnn.early_exit_auto`). The interval per target, :data:`EARLY_EXIT_BITS`, was
+chosen by measurement; the checks cost instructions, which the skipped words repay on
+some CPUs and layers and not on others (see there).
 """
 
 from __future__ import annotations
@@ -68,7 +72,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..deploy import IntegerModel
+from ..early_exit_auto import EarlyExitChoice, Setting, resolve
 from ..fileio import fault_point, staged_directory
 from ..memory import MemoryPlan, arch_of, plan_memory
 from .generator import (
@@ -110,6 +117,9 @@ __all__ = ["ExportResult", "export_c", "c_name", "choose_word_bits", "early_exit
 #: (On AVR a stored tap order breaks the window's contiguous weight runs, which the
 #: assembly kernel needs.) Models trained with ``--early-exit-reg`` decide earlier and may
 #: want shorter intervals: pass ``early_exit_every`` and measure with ``ebnn bench``.
+#: Whether early exit is on at all, per layer, is measured per model and target by
+#: ``early_exit="auto"`` (:mod:`ebnn.early_exit_auto`); the interval is not part of that
+#: choice.
 EARLY_EXIT_BITS: dict[str | None, int] = {
     "cortex-m4": 256,
     "cortex-m0plus": 256,
@@ -153,29 +163,38 @@ class ExportResult:
     header: Path  # <name>_model.h
     memory: MemoryPlan
     word_bits: int
-    early_exit: bool
+    early_exit: bool  # whether any layer has early exit
     target: str | None
     files: list[Path] = field(default_factory=list)  # everything written, runtime included
     early_exit_every: int = 0  # words between early-exit checks (0 without early exit)
+    early_exit_layers: tuple[int, ...] = ()  # the layers compiled with early exit
+    early_exit_choice: EarlyExitChoice | None = None  # how they were chosen, with figures
 
 
 def export_c(model: IntegerModel, out_dir: str | Path, *, name: str | None = None,
              word_bits: int = 32,
              modes: str | Sequence[str | None] | Mapping[int, str] | None = None,
-             early_exit: bool = False, target: str | None = None,
-             early_exit_every: int | None = None) -> ExportResult:
+             early_exit: Setting = "auto", target: str | None = None,
+             early_exit_every: int | None = None,
+             early_exit_inputs: np.ndarray | None = None,
+             early_exit_label: str | None = None) -> ExportResult:
     """Write the C export of a folded model into ``out_dir`` (created if needed).
 
     ``name`` is the C prefix (default: the model's name made an identifier);
     ``word_bits`` (8, 16, 32) the packing word, 8 or 16 may suit AVR; ``modes`` overrides
     each conv layer's ``fused``/``materialized`` choice (see
     :func:`ebnn.memory.resolve_modes`); ``early_exit`` compiles the popcount early exit
-    (in each layer's stored ``tap_order``), checking the bound every ``early_exit_every``
-    words (default: the target's, :func:`early_exit_interval`); ``target`` (``host``,
-    ``cortex-m4``, ``atmega328p``, ``avr``, ``arm``... or ``None``) picks the
-    architecture whose stack bound ``<NAME>_STACK_BYTES`` states
-    (:data:`ebnn.memory.STACK_BOUNDS`) and the early-exit interval; ``None`` states the
-    largest stack bound, valid everywhere.
+    (in each layer's stored ``tap_order``) in the layers it names: ``"off"``/``False``,
+    ``"on"``/``True`` (every binary layer), layer indices, or ``"auto"`` (the default:
+    measured on ``target`` over ``early_exit_inputs``, uint8 (N, C, H, W), which
+    ``early_exit_label`` describes, or over a fixed random sample; off without an
+    emulated target, see :mod:`ebnn.early_exit_auto`),
+    checking the bound every ``early_exit_every`` words (default: the target's,
+    :func:`early_exit_interval`); ``target`` (``host``, ``cortex-m4``, ``atmega328p``,
+    ``avr``, ``arm``... or ``None``) picks the architecture whose stack bound
+    ``<NAME>_STACK_BYTES`` states (:data:`ebnn.memory.STACK_BOUNDS`), the early-exit
+    interval and where ``auto`` measures; ``None`` states the largest stack bound, valid
+    everywhere. ``early_exit_choice`` in the result says what was chosen and why.
     """
     if not isinstance(model, IntegerModel):
         raise TypeError("export_c takes a folded IntegerModel (see ebnn.fold.fold)")
@@ -196,12 +215,16 @@ def export_c(model: IntegerModel, out_dir: str | Path, *, name: str | None = Non
         raise ValueError(f"model name {cname!r} clashes with the runtime ({sorted(clash)[0]}); "
                          "pass another name=")
     _check_ranges(model)
+    choice = resolve(model, early_exit, target, inputs=early_exit_inputs,
+                     inputs_label=early_exit_label, word_bits=word_bits, modes=modes,
+                     every=early_exit_every)
+    layers = frozenset(choice.layers)
     out = Path(out_dir)
     header = out / f"{cname}_model.h"
     source = out / f"{cname}_model.c"
     runtime = sorted(RUNTIME_DIR.glob("*.h"))
-    texts = [header_source(model, plan, cname, target),
-             model_source(model, plan, cname, early_exit, every)]
+    texts = [header_source(model, plan, cname, target, choice.summary()),
+             model_source(model, plan, cname, layers, every)]
     # Written beside out_dir and swapped in at once: a reader (or a kill) never sees a
     # header from one export beside the source of another. Other files in out_dir stay.
     with staged_directory(out) as stage:
@@ -213,5 +236,6 @@ def export_c(model: IntegerModel, out_dir: str | Path, *, name: str | None = Non
         assert (stage / RUNTIME_HEADER).exists()
     files = [source, header, *(out / path.name for path in runtime)]
     return ExportResult(out_dir=out, name=cname, source=source, header=header, memory=plan,
-                        word_bits=word_bits, early_exit=early_exit, target=target, files=files,
-                        early_exit_every=every if early_exit else 0)
+                        word_bits=word_bits, early_exit=bool(layers), target=target,
+                        files=files, early_exit_every=every if layers else 0,
+                        early_exit_layers=choice.layers, early_exit_choice=choice)

@@ -49,7 +49,8 @@ def train_final(cfg: SearchConfig, best: dict[str, Any], log: Callable[[str], No
     out.mkdir(parents=True)
     shutil.copyfile(work / "model.pt", out / "model.pt")
     imodel.save(out / "model.ebnn")
-    export = export_c(imodel, out / "c", word_bits=wb, target=budget.target)
+    # Off, as the search measured it (ebnn export --early-exit auto can add it later).
+    export = export_c(imodel, out / "c", word_bits=wb, target=budget.target, early_exit=False)
     fp = plan_footprint(imodel, wb, budget.target)
     count = None
     measured: dict[str, Any] = {}

@@ -71,7 +71,8 @@ def build_for_target(model: IntegerModel, word_bits: int, target: str, workdir: 
 
     tgt = get_target(target)
     work = Path(workdir)
-    res = export_c(model, work / "c", name=name, word_bits=word_bits, target=tgt.name)
+    res = export_c(model, work / "c", name=name, word_bits=word_bits, target=tgt.name,
+                   early_exit=False)  # candidates are compared without early exit
     c, h, w = model.input_shape
     n_in = c * h * w
     # batch=1: on AVR a larger batch stores its inputs in flash, which the baseline lacks.
