@@ -53,7 +53,7 @@ SETS = {
     "JapaneseVowels": ("JapaneseVowels_eq", "vowels-1d",
                        ["--epochs", "60", "--batch-size", "16"]),
     "PickupGestureWiimoteZ": ("PickupGestureWiimoteZ_eq", "gesture-1d",
-                              ["--epochs", "100", "--batch-size", "8", "--augment-shift", "16",
+                              ["--epochs", "200", "--batch-size", "8", "--augment-shift", "32",
                                "--lr", "0.03"]),
 }
 VARIANTS = {"binary": [], "float": ["--float"]}
@@ -230,6 +230,11 @@ def notes(names: list[str]) -> str:
         "example ran on both emulated chips and each prediction was compared with the NumPy "
         "engine's; \"PyTorch = engine\": every layer's bits and every prediction of the "
         "PyTorch network equal the engine's on the TEST split (no float32 ties).",
+        "",
+        "Recipe: the shape, epochs, batch, shift and learning rate of each set were chosen "
+        "on a 25% validation split of its TRAIN file (NOTES.md, \"#17 sensor benchmarks\"); "
+        "then every run trains on the whole TRAIN split (`--val-fraction 0`) and keeps its "
+        "last epoch. The float twin gets the same command plus `--float`.",
         "",
         "Commands (`{seed}` = each seed; `ebnn` is `python -m ebnn` with `src` on the path):",
         ""]
