@@ -33,6 +33,8 @@ ORDER = {
     "search": ["bench_search.py"],
     # issue #15: trains build/accuracy/<goal>-<variant>-s<seed>.pt (hours on 2 cores) if missing
     "accuracy": ["bench_accuracy.py", "--images", "100"],
+    # issue #17: trains build/sensors/<set>-{binary,float}-s<seed>.pt (minutes) if missing
+    "sensors": ["bench_sensors.py"],
     "distributed": ["bench_distributed.py"],
     "fast": ["bench_fast.py", "--write"],  # reads build/bench/mnist-mcu.pt if present
     # issue #11: build/bench/mnist-mcu-v{EPS}r{REG}s{SEED}.pt, then verification

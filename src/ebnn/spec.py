@@ -310,6 +310,13 @@ def _conv(filters: int, kernel: int = 3, pool: int = 1, same: bool = True) -> di
             "padding": kernel // 2 if same else 0, "pool": pool}
 
 
+def _conv1d(filters: int, kernel: int, pool: int) -> dict[str, Any]:
+    """A 1-D conv block for signals (C, 1, T): ``kernel`` steps along time, "same" padding
+    in time, max-pool ``pool`` steps."""
+    return {"type": "conv", "filters": filters, "kernel": [1, kernel], "padding": [0, "same"],
+            "pool": [1, pool]}
+
+
 def _preset(name: str, shape: list[int], classes: int, blocks: list[dict[str, Any]]) -> dict:
     return {"name": name, "input_shape": shape, "classes": classes, "blocks": blocks}
 
@@ -367,6 +374,28 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small-conv": _preset("small-conv", [1, 28, 28], 10,
                           [_conv(32, 3, pool=2), _conv(64, 3, pool=2),
                            {"type": "dense", "units": 128}, {"type": "output"}]),
+    # ---- signals (C, 1, T): 1-D conv nets, time along the width (issue #17) ----------------
+    # The figures are BENCHMARKS.md, section sensors: test accuracy on the UEA/UCR archive's
+    # TEST split (mean over 3 seeds), peak RAM with the input window and the measured stack,
+    # flash and time per inference at 16 MHz, on the emulated ATmega328P. Each preset
+    # adapts to another channel count, length or class count (`ebnn train` sets the data's
+    # input shape), but its pools were chosen for its length.
+    # A 6-axis IMU window (3-D accelerometer + gyroscope), 100 samples: BasicMotions.
+    # 100.0% (float twin 100.0%); 930 B peak RAM, 12,168 B flash, 38.8 ms per window.
+    "imu-1d": _preset("imu-1d", [6, 1, 100], 4,
+                      [_conv1d(16, 5, 2), _conv1d(32, 5, 2), _conv1d(32, 3, 4),
+                       {"type": "output"}]),
+    # Short frames of many coefficients, 12 x 25: JapaneseVowels (LPC cepstra).
+    # 97.8% (float twin 99.3%); 402 B peak RAM, 5,150 B flash, 210 ms per window.
+    "vowels-1d": _preset("vowels-1d", [12, 1, 25], 9,
+                         [_conv1d(32, 5, 4), _conv1d(64, 5, 4), {"type": "output"}]),
+    # One long univariate series, 361 samples: PickupGestureWiimoteZ (one accelerometer
+    # axis). Pools of 4, 4, 2 bring 361 steps to 11 before the output.
+    # 60.0%, 42-70% over seeds (float twin 82.0%: the binary net underfits 50 examples);
+    # 1,309 B peak RAM, 13,828 B flash, 323 ms per window.
+    "gesture-1d": _preset("gesture-1d", [1, 1, 361], 10,
+                          [_conv1d(64, 7, 4), _conv1d(64, 5, 4), _conv1d(64, 3, 2),
+                           {"type": "output"}]),
     # The demo: scikit-learn's 8x8 digits.
     "digits": _preset("digits", [1, 8, 8], 10,
                       [_conv(32, 3, pool=2), {"type": "dense", "units": 64}, {"type": "output"}]),

@@ -100,7 +100,9 @@ def check_before_training(spec: ModelSpec, train_ds: Any, config: Any,
     if out is not None and Path(out).is_dir():
         raise ValueError(f"{out} is a directory; give the checkpoint a file name")
     _, h, w = spec.input_shape
-    if config.augment_shift and config.augment_shift >= min(h, w):
+    # The shift moves only along axes longer than 1 (a signal (C, 1, T) in time only).
+    moved = [n for n in (h, w) if n > 1]
+    if config.augment_shift and moved and config.augment_shift >= min(moved):
         raise ValueError(f"--augment-shift {config.augment_shift} must be smaller than the "
                          f"{h}x{w} input (0 turns it off)")
     if str(config.device).split(":")[0] != "cpu":

@@ -20,6 +20,13 @@ tables form one ``const`` object of ``<NAME>_FLASH_BYTES``; the static buffers t
 whose :func:`~ebnn.memory.plan_memory` gives every figure; the generator sizes the
 buffers from it).
 
+**Input quantiser.** A model whose input quantiser codes each channel alike (a signal's,
+fitted per channel; see :mod:`ebnn.data.timeseries`) gets its constants in the header:
+``<NAME>_QUANT_CHANNELS`` and the initialisers ``<NAME>_QUANT_MEAN`` / ``<NAME>_QUANT_STD``
+(one ``double`` per channel), so firmware can code real samples as training did:
+``q = clip(rint((v - mean[c]) / std[c] * 32 + 128), 0, 255)``. They are macros, not
+objects: a firmware that quantises elsewhere pays nothing for them.
+
 **Specialised code.** Every layer is its own function with every shape, stride, word
 count and padding a literal (:mod:`ebnn.codegen.kernels` has the details). At interior
 conv positions (the whole kernel inside the map) the mismatch count of a channel is
@@ -209,7 +216,8 @@ def export_c(model: IntegerModel, out_dir: str | Path, *, name: str | None = Non
     clash |= {f"{cname.upper()}_{s}" for s in ("MODEL_H", "INPUT_H", "INPUT_W", "INPUT_C",
                                                "INPUT_BYTES", "CLASSES", "SCORE_SHIFT",
                                                "WORD_BITS", "FLASH_BYTES", "RAM_BYTES",
-                                               "STACK_BYTES")}
+                                               "STACK_BYTES", "QUANT_CHANNELS",
+                                               "QUANT_MEAN", "QUANT_STD")}
     clash &= runtime_identifiers()
     if clash:
         raise ValueError(f"model name {cname!r} clashes with the runtime ({sorted(clash)[0]}); "
