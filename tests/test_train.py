@@ -259,3 +259,25 @@ def test_checkpoint_errors(tmp_path, content, message):
         Path(path).write_bytes(content)
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
+
+
+def test_small_last_batch_warns_with_a_batch_size_that_fits():
+    """50 examples in batches of 8 end every epoch on a batch of 2 (the footgun that kept
+    the gesture preset underfit); 10 divides them, and MNIST's 4,500 in 64 leave 20."""
+    from ebnn.train_checks import small_last_batch
+
+    msg = small_last_batch(50, 8)
+    assert msg is not None and "batch of 2 of 50" in msg and "(e.g. 9)" in msg
+    assert small_last_batch(50, 10) is None
+    assert small_last_batch(4500, 64) is None
+    assert small_last_batch(49, 8) is None  # a batch of 1 is left out, not used
+    assert small_last_batch(53, 16, world_size=2) is None  # 5 left: more than a quarter
+    assert small_last_batch(68, 32, world_size=2) is not None  # 4 left: 2 per process
+    assert small_last_batch(67, 32, world_size=2) is None  # 3 left: too few, left out
+
+
+def test_train_warns_about_a_small_last_batch(digits, tmp_path):
+    train_ds, _, _ = digits
+    small = Dataset(train_ds.x[:50], train_ds.y[:50], train_ds.classes, "digits-50")
+    with pytest.warns(UserWarning, match="batch of 2 of 50"):
+        train(SPEC, small, None, _cfg(epochs=1, batch_size=8), tmp_path / "w.pt", progress=False)

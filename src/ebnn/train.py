@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,7 +66,7 @@ from .recipe import RECIPE_DEFAULTS, augment, augmenting, check_recipe, freeze_b
 from .spec import ModelSpec
 from .stability import stability_penalty
 from .summary import summarize
-from .train_checks import check_before_training, check_finite_epoch
+from .train_checks import check_before_training, check_finite_epoch, small_last_batch
 
 LOSSES = ("cross-entropy", "squared-hinge")
 LR_DECAYS = ("cosine", "exponential", "none")
@@ -396,6 +397,8 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
     n = len(y)
     if n < 2 * world:
         raise ValueError(f"need at least {2 * world} training examples, got {n}")
+    if main and (tail := small_last_batch(n, cfg.batch_size, world)):
+        warnings.warn(tail, stacklevel=2)
 
     teacher = prepare_teacher(spec, train_ds, val_ds, cfg, out, say, distributed) \
         if cfg.teacher else None

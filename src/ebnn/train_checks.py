@@ -5,6 +5,10 @@
   their gradients and Adam's two moments, plus the activations of one batch) against the
   memory this machine has, before any tensor is allocated: a spec with a 2,000,000-unit
   dense layer is refused in milliseconds instead of swapping for minutes.
+* :func:`small_last_batch`: a warning when every epoch ends on a batch much smaller than
+  the others (50 examples in batches of 8 end on a batch of 2): batch norm normalises
+  those few examples by their own statistics and Adam still gives them a full step, which
+  on a small data set can keep a binary net from fitting at all.
 * :func:`check_finite_epoch`: a loss, weight or statistic that is NaN or infinite (a
   learning rate far too high, a diverged run) stops training at the end of that epoch
   with :class:`NonFiniteLossError`, before anything is saved, so the best model and the
@@ -49,6 +53,23 @@ def check_finite_epoch(model: Any, total_loss: float, epoch: int, config: Any) -
             f"training diverged in epoch {epoch}: {what}; lower --lr (now {config.lr}). "
             "Nothing of this epoch was saved: the best model and the resumable state are "
             "those of the last good epoch")
+
+
+def small_last_batch(n: int, batch_size: int, world_size: int = 1) -> str | None:
+    """A warning for ``n`` training examples in global batches of ``batch_size`` whose
+    last batch holds at most a quarter of ``batch_size`` examples (but is still used:
+    :func:`ebnn.distributed.global_batches` leaves out only batches too small for batch
+    norm), or ``None``."""
+    rest = n % batch_size
+    if rest < 2 * world_size or 4 * rest > batch_size:
+        return None
+    fits = [b for b in range(max(2, batch_size // 2), 2 * batch_size + 1)
+            if n % b == 0 or 4 * (n % b) > b]
+    hint = f" (e.g. {min(fits, key=lambda b: abs(b - batch_size))})" if fits else ""
+    return (f"every epoch ends on a batch of {rest} of {n} training examples (--batch-size "
+            f"{batch_size}): batch norm normalises them by their own statistics and the "
+            f"step is as large as any other; a batch size that divides the examples or "
+            f"leaves a larger last batch{hint} trains more steadily")
 
 
 def estimate_training_bytes(spec: ModelSpec, batch_size: int) -> int:
