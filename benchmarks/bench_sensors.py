@@ -53,7 +53,7 @@ SETS = {
     "JapaneseVowels": ("JapaneseVowels_eq", "vowels-1d",
                        ["--epochs", "60", "--batch-size", "16"]),
     "PickupGestureWiimoteZ": ("PickupGestureWiimoteZ_eq", "gesture-1d",
-                              ["--epochs", "200", "--batch-size", "8", "--augment-shift", "32",
+                              ["--epochs", "200", "--batch-size", "10", "--augment-shift", "32",
                                "--lr", "0.03"]),
 }
 VARIANTS = {"binary": [], "float": ["--float"]}
@@ -153,7 +153,9 @@ def _acc(runs: list[dict]) -> tuple[float, str]:
 def summarize(name: str, binary: list[dict], floats: list[dict], n_test: int) -> dict:
     b_mean, b_text = _acc(binary)
     f_mean, f_text = _acc(floats)
-    gap = b_mean - f_mean
+    # Accuracies are whole examples over seeds: round away float noise, so that a gap of
+    # exactly 2 points (3 of 150 test predictions) counts as within 2 points.
+    gap = round(b_mean - f_mean, 9)
     ram, flash = max(r["ram"] for r in binary), max(r["flash"] for r in binary)
     agree = all(r["agree"] and not r["problems"] for r in binary)
     exact = all(r["torch_errors"] == 0 and r["torch_ties"] == 0 for r in binary)
