@@ -88,7 +88,12 @@ class TrainConfig:
     ``verify_eps``. ``bn_recalibrate``
     sets the batch norms' running statistics from the whole training set after every
     epoch (see :func:`recalibrate_batch_norm`). ``threads`` sets
-    ``torch.set_num_threads`` (0: :func:`default_threads`).
+    ``torch.set_num_threads`` (0: :func:`default_threads`). ``teacher`` (``"float"`` or a
+    checkpoint path), ``teacher_model``, ``teacher_epochs``, ``distill_alpha`` and
+    ``distill_temperature`` configure knowledge distillation (:mod:`ebnn.distill`);
+    ``float_model`` trains the float twin instead of the BNN (a teacher);
+    ``label_smoothing``, ``augment_rotate``, ``augment_scale`` and ``bn_freeze_epochs``
+    are the recipe options of :mod:`ebnn.recipe`.
     """
 
     epochs: int = 30
