@@ -29,14 +29,13 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import ROOT, markdown_table, write_section  # noqa: E402
+from report import ROOT, markdown_table, run_ebnn, write_section  # noqa: E402
 
 MNIST_DIR = os.environ.get("EBNN_MNIST_DIR", "../shared/data/mnist")
 OUT = ROOT / "build" / "accuracy"
@@ -95,23 +94,8 @@ def train_run(goal: str, variant: str, seed: int) -> Path:
     needs; returns its checkpoint."""
     cmd = command(goal, variant, seed)
     if FASHION_TEACHER[-1] in cmd:
-        run_command(FASHION_TEACHER)
-    return run_command(cmd)
-
-
-def run_command(cmd: list[str]) -> Path:
-    """Run one ``ebnn train`` command from the repository root, appending to its log."""
-    out = ROOT / cmd[-1]
-    log = out.with_suffix(".log")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep +
-           os.environ.get("PYTHONPATH", "")}
-    with log.open("a") as f:
-        rc = subprocess.run([sys.executable, "-m", "ebnn", *cmd[1:]], cwd=ROOT, env=env,
-                            stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc:
-        raise SystemExit(f"{' '.join(cmd)} failed (exit {rc}); see {log}")
-    return out
+        run_ebnn(FASHION_TEACHER)
+    return run_ebnn(cmd)
 
 
 def test_set(goal: str):

@@ -33,14 +33,13 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import ROOT, markdown_table, write_section  # noqa: E402
+from report import ROOT, markdown_table, run_ebnn, write_section  # noqa: E402
 
 SENSORS_DIR = os.environ.get("EBNN_SENSORS_DIR", "../shared/data/sensors")
 OUT = ROOT / "build" / "sensors"
@@ -71,22 +70,6 @@ def command(name: str, variant: str, seed: int | str) -> list[str]:
             data_file(name, "TEST"), "--model", preset, *options, *VARIANTS[variant],
             "--val-fraction", "0", "--seed", str(seed), "--threads", "1", "--no-progress",
             "--out", str(Path("build/sensors") / f"{name}-{variant}-s{seed}.pt")]
-
-
-def run_command(cmd: list[str]) -> Path:
-    """Run (or resume, or just load) one ``ebnn train`` command from the repository root,
-    appending to its log; returns the checkpoint."""
-    out = ROOT / cmd[-1]
-    log = out.with_suffix(".log")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep +
-           os.environ.get("PYTHONPATH", "")}
-    with log.open("a") as f:
-        rc = subprocess.run([sys.executable, "-m", "ebnn", *cmd[1:]], cwd=ROOT, env=env,
-                            stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc:
-        raise SystemExit(f"{shlex.join(cmd)} failed (exit {rc}); see {log}")
-    return out
 
 
 def test_split(name: str):
@@ -203,7 +186,7 @@ def main() -> int:
         runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
         for v in VARIANTS:
             for s in seeds:
-                out = run_command(command(n, v, s))
+                out = run_ebnn(command(n, v, s))
                 t0 = time.perf_counter()
                 r = measure(n, v, out, test)
                 print(f"{n} {v} seed {s}: {json.dumps(r)} ({time.perf_counter() - t0:.0f} s)",

@@ -7,9 +7,11 @@ with the exact command that produced it.
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -74,3 +76,20 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def run_ebnn(cmd: list[str]) -> Path:
+    """Run (or resume, or just load) one ``ebnn ...`` command whose last word is the output
+    file, from the repository root with ``src`` on the path, appending its output to
+    ``OUT.log``; returns the output path. A failure stops the benchmark with the command."""
+    out = ROOT / cmd[-1]
+    log = out.with_suffix(".log")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep +
+           os.environ.get("PYTHONPATH", "")}
+    with log.open("a") as f:
+        rc = subprocess.run([sys.executable, "-m", "ebnn", *cmd[1:]], cwd=ROOT, env=env,
+                            stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc:
+        raise SystemExit(f"{shlex.join(cmd)} failed (exit {rc}); see {log}")
+    return out
