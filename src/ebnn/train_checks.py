@@ -55,16 +55,23 @@ def check_finite_epoch(model: Any, total_loss: float, epoch: int, config: Any) -
             "those of the last good epoch")
 
 
+def _small(rest: int, batch_size: int, world_size: int) -> bool:
+    """A last batch that is used (two examples per process or more) but has fewer than
+    8 examples per process and at most a quarter of ``batch_size``: batch-norm statistics
+    of so few examples are noise, and the step weighs as much as a full batch's."""
+    return 2 * world_size <= rest < 8 * world_size and 4 * rest <= batch_size
+
+
 def small_last_batch(n: int, batch_size: int, world_size: int = 1) -> str | None:
     """A warning for ``n`` training examples in global batches of ``batch_size`` whose
-    last batch holds at most a quarter of ``batch_size`` examples (but is still used:
-    :func:`ebnn.distributed.global_batches` leaves out only batches too small for batch
+    last batch is small (:func:`_small`) but still used
+    (:func:`ebnn.distributed.global_batches` leaves out only batches too small for batch
     norm), or ``None``."""
     rest = n % batch_size
-    if rest < 2 * world_size or 4 * rest > batch_size:
+    if not _small(rest, batch_size, world_size):
         return None
     fits = [b for b in range(max(2, batch_size // 2), 2 * batch_size + 1)
-            if n % b == 0 or 4 * (n % b) > b]
+            if n % b == 0 or n % b >= min(8 * world_size, b // 2)]
     hint = f" (e.g. {min(fits, key=lambda b: abs(b - batch_size))})" if fits else ""
     return (f"every epoch ends on a batch of {rest} of {n} training examples (--batch-size "
             f"{batch_size}): batch norm normalises them by their own statistics and the "
