@@ -273,6 +273,7 @@ def test_small_last_batch_warns_with_a_batch_size_that_fits():
     assert small_last_batch(49, 8) is None  # a batch of 1 is left out, not used
     assert small_last_batch(53, 16, world_size=2) is None  # 5 left: more than a quarter
     assert small_last_batch(1295, 64) is None  # the digits demo: 15 left, enough for BN
+    assert small_last_batch(6, 64) is None  # one batch holds the whole epoch
     assert small_last_batch(68, 32, world_size=2) is not None  # 4 left: 2 per process
     assert small_last_batch(67, 32, world_size=2) is None  # 3 left: too few, left out
 

@@ -68,7 +68,7 @@ def small_last_batch(n: int, batch_size: int, world_size: int = 1) -> str | None
     (:func:`ebnn.distributed.global_batches` leaves out only batches too small for batch
     norm), or ``None``."""
     rest = n % batch_size
-    if not _small(rest, batch_size, world_size):
+    if n < batch_size or not _small(rest, batch_size, world_size):  # one batch: no tail
         return None
     fits = [b for b in range(max(2, batch_size // 2), 2 * batch_size + 1)
             if n % b == 0 or n % b >= min(8 * world_size, b // 2)]
