@@ -72,6 +72,9 @@ GOALS = {
                     None, 0.90, {"baseline": [], "recipe": FASHION_RECIPE,
                                  "distill": FASHION_DISTILL,
                                  "both": FASHION_RECIPE + FASHION_DISTILL}),
+    # the wider first layer that moved MNIST, with a longer schedule (baseline only)
+    "fashion-2kb-wide": (FASHION, "mnist-2kb-wide", 20, ["--batch-size", "128"], 2048, 32768,
+                         None, None, 0.90, {"baseline": []}),
 }
 VARIANTS = ("baseline", "recipe", "distill", "both")
 SEEDS = (0, 1, 2)
