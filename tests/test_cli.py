@@ -19,6 +19,7 @@ from ebnn.checkpoint import load_checkpoint, save_checkpoint
 from ebnn.cli import main
 from ebnn.model import build_model
 from ebnn.spec import PRESETS, load_spec
+from ebnn.testing import cli_error_line
 from ebnn.train import last_path
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two test workers share two cores
@@ -109,14 +110,6 @@ def test_preset_adapts_to_data_and_tabular_test_data(tmp_path, capsys):
     assert "test accuracy" not in out_text and "pass --test-data" in err
 
 
-def _error_line(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ebnn: error: "), captured.err
-    return lines[0]
-
-
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
@@ -138,7 +131,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
          "batch size"),
     ]
     for argv, message in cases:
-        assert message in _error_line(capsys, argv), argv
+        assert message in cli_error_line(capsys, argv), argv
 
 
 def test_eval_on_data_of_another_shape(trained, capsys):
@@ -146,7 +139,7 @@ def test_eval_on_data_of_another_shape(trained, capsys):
                                 Path(__file__).resolve().parents[2] / "shared/data/mnist"))
     if not mnist.is_dir():
         pytest.skip(f"MNIST not found at {mnist} (set EBNN_MNIST_DIR)")
-    line = _error_line(capsys, ["eval", str(trained), "--data", "mnist", "--data-dir",
+    line = cli_error_line(capsys, ["eval", str(trained), "--data", "mnist", "--data-dir",
                                 str(mnist)])
     assert line.endswith("mnist test data has input shape [1, 28, 28] but the model expects "
                          "[1, 8, 8]")

@@ -30,7 +30,12 @@ from ebnn.early_exit import set_tap_order
 from ebnn.fold import fold
 from ebnn.memory import STACK_BOUNDS, plan_memory
 from ebnn.spec import ModelSpec
-from ebnn.testing import build_c_runner, calibrated_random_model
+from ebnn.testing import (
+    build_c_runner,
+    calibrated_random_model,
+    check_emulated,
+    emulation_available,
+)
 from ebnn.testing import conv_block as conv
 from ebnn.testing import random_and_extreme_inputs as inputs_for
 from ebnn.testing import random_integer_model as make_model
@@ -242,24 +247,12 @@ EMULATED = {
 }
 
 
-def _emulation_available(target: str) -> bool:
-    from ebnn.targets import TARGETS
-
-    if not TARGETS[target].available():
-        return False
-    if target == "atmega328p":
-        return shutil.which("simavr") is not None
-    return True
-
-
 @pytest.mark.parametrize("target", list(EMULATED))
 def test_emulated_targets_equal_engine(tmp_path, target):
     """The export cross-compiled for each chip and run in its emulator: the same scores
     as the engine for padded and valid convolutions, pooling, dense layers, early exit
     with a stored tap order; the stack measured stays within the header's bound."""
-    from ebnn.targets import Harness, build_harness, run
-
-    if not _emulation_available(target):
+    if not emulation_available(target):
         pytest.skip(f"no toolchain or emulator for {target}")
     same = make_model([3, 9, 7], 4, SHAPES["conv_pool_same_rgb"][2], seed=11)
     valid = make_model([1, 12, 12], 3, [conv(8, pool=2), conv(16)], seed=12)
@@ -267,20 +260,8 @@ def test_emulated_targets_equal_engine(tmp_path, target):
     set_tap_order(same, x_same)
     builds = [(same, x_same, cfg) for cfg in EMULATED[target]]
     builds.append((valid, x_valid, EMULATED[target][0]))
-    for k, (model, x, (word_bits, mode, every, popcount)) in enumerate(builds):
-        export = export_c(model, tmp_path / f"src{k}", word_bits=word_bits, modes=mode,
-                          early_exit=bool(every), early_exit_every=every or None,
-                          target=target)
-        harness = Harness(f"{export.name}_scores(ebnn_input, ebnn_output);",
-                          export.memory.input_bytes, model.classes,
-                          includes=(f"{export.name}_model.h",), batch=len(x))
-        app = build_harness(harness, [export.source], [export.out_dir], target,
-                            tmp_path / f"app{k}", defines={f"EBNN_POPCOUNT_{popcount}": None})
-        assert app.warnings == "", app.warnings
-        results = run(app, [img.tobytes() for img in engine.to_hwc(model, x)])
-        ref = engine.scores(model, x)
-        np.testing.assert_array_equal(np.array([r.outputs for r in results]), ref)
-        assert max(r.stack_bytes for r in results) <= export.memory.stack_bytes
+    for k, (model, x, build) in enumerate(builds):
+        check_emulated(model, x, target, build, tmp_path / str(k))
 
 
 # ---- the generated code itself ------------------------------------------------------------

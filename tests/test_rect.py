@@ -34,6 +34,8 @@ from ebnn.summary import summarize
 from ebnn.testing import (
     build_c_runner,
     calibrated_random_model,
+    check_emulated,
+    emulation_available,
     random_inputs,
     random_integer_model,
 )
@@ -213,28 +215,13 @@ EMULATED = {"cortex-m0plus": [(32, "fused", 0, "SWAR"), (16, "materialized", 1, 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", list(EMULATED))
 def test_emulated_targets_equal_engine(models, tmp_path, target):
-    from ebnn.targets import TARGETS, Harness, build_harness, run
-
-    if not TARGETS[target].available() or \
-            (target == "atmega328p" and shutil.which("simavr") is None):
+    if not emulation_available(target):
         pytest.skip(f"no toolchain or emulator for {target}")
     model = models["signal_same"]
     x = inputs_for(model, 6, seed=4)
     set_tap_order(model, x)
-    for k, (wb, mode, every, popcount) in enumerate(EMULATED[target]):
-        export = export_c(model, tmp_path / f"src{k}", word_bits=wb, modes=mode,
-                          early_exit=bool(every), early_exit_every=every or None,
-                          target=target)
-        harness = Harness(f"{export.name}_scores(ebnn_input, ebnn_output);",
-                          export.memory.input_bytes, model.classes,
-                          includes=(f"{export.name}_model.h",), batch=len(x))
-        app = build_harness(harness, [export.source], [export.out_dir], target,
-                            tmp_path / f"app{k}", defines={f"EBNN_POPCOUNT_{popcount}": None})
-        assert app.warnings == "", app.warnings
-        results = run(app, [img.tobytes() for img in engine.to_hwc(model, x)])
-        np.testing.assert_array_equal(np.array([r.outputs for r in results]),
-                                      engine.scores(model, x, backend="numpy"))
-        assert max(r.stack_bytes for r in results) <= export.memory.stack_bytes
+    for k, build in enumerate(EMULATED[target]):
+        check_emulated(model, x, target, build, tmp_path / str(k))
 
 
 # ---- the verifier --------------------------------------------------------------------------

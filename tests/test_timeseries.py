@@ -27,6 +27,7 @@ from ebnn.data import (
     read_ts,
 )
 from ebnn.deploy import IntegerModel
+from ebnn.testing import cli_error_line
 
 HEADER = """# two channels, three steps
 @problemName Toy
@@ -153,28 +154,20 @@ def test_truncated_gzip_and_binary_files(tmp_path):
         load_dataset(str(tmp_path / "bin.ts"))
 
 
-def _error_line(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ebnn: error: "), captured.err
-    return lines[0]
-
-
 def test_malformed_files_through_the_cli(tmp_path, capsys):
     good = write(tmp_path, "good.ts", GOOD)
     train = ["train", "--model", "bnn-mlp:8", "--epochs", "1", "--out", str(tmp_path / "m.pt"),
              "--no-progress"]
     for kind, (text, msg) in BAD_TS.items():
         bad = write(tmp_path, f"cli-{len(text)}.ts", text)
-        assert msg in _error_line(capsys, [*train, "--data", str(bad)]), kind
+        assert msg in cli_error_line(capsys, [*train, "--data", str(bad)]), kind
         # a bad test file stops the run before any training
-        assert msg in _error_line(capsys, [*train, "--data", str(good), "--test-data",
+        assert msg in cli_error_line(capsys, [*train, "--data", str(good), "--test-data",
                                            str(bad)]), kind
     assert not (tmp_path / "m.pt").exists()
-    line = _error_line(capsys, [*train, "--data", str(good), "--series-length", "5"])
+    line = cli_error_line(capsys, [*train, "--data", str(good), "--series-length", "5"])
     assert "a series length needs --pad and/or --truncate" in line
-    line = _error_line(capsys, [*train, "--data", "digits", "--pad"])
+    line = cli_error_line(capsys, [*train, "--data", "digits", "--pad"])
     assert "apply to .ts files only" in line
     # A real process: one line on stderr, exit 2, no traceback.
     run = subprocess.run([sys.executable, "-m", "ebnn", "train", "--data",
@@ -242,7 +235,7 @@ def test_test_file_is_brought_to_the_training_length(tmp_path, capsys):
     assert "test accuracy" in capsys.readouterr().out
     assert main(["eval", str(out), "--data", str(short), "--pad", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 1
-    line = _error_line(capsys, ["eval", str(out), "--data", str(short)])
+    line = cli_error_line(capsys, ["eval", str(out), "--data", str(short)])
     assert "2 channels x 2 steps" in line
 
 
@@ -261,7 +254,7 @@ def test_test_file_classes_and_channels_must_agree_with_training(tmp_path, capsy
     three = write(tmp_path, "three.ts", HEADER.replace("@dimensions 2", "@dimensions 3")
                   .replace("@seriesLength 3", "@seriesLength 2") + "1,2:3,4:5,6:up\n")
     assert load_dataset(str(three), "test", **kw).input_shape == (3, 1, 2)
-    line = _error_line(capsys, ["train", "--data", str(tmp_path / "tr.ts"), "--test-data",
+    line = cli_error_line(capsys, ["train", "--data", str(tmp_path / "tr.ts"), "--test-data",
                                 str(three), "--model", "bnn-mlp:8", "--epochs", "1", "--out",
                                 str(tmp_path / "m.pt")])
     assert line.endswith("three.ts: inputs are [3, 1, 2] but the training data's are [2, 1, 3]")
@@ -315,7 +308,7 @@ def test_npz_and_csv_signals(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(out), "--data", str(tmp_path / "sig.npz"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 6  # the same signals from a .npz
-    line = _error_line(capsys, ["eval", str(out), "--data", str(tmp_path / "sig.csv")])
+    line = cli_error_line(capsys, ["eval", str(out), "--data", str(tmp_path / "sig.csv")])
     assert line.endswith("sig.csv test data has input shape [8, 1, 1] but the model expects "
                          "[2, 1, 4]")
     # A test file with the training quantiser, even if it is stored as integers.

@@ -120,3 +120,51 @@ def build_c_runner(export: Any, flags: list[str]) -> Path:
     subprocess.run(["gcc", *flags, "-I", str(export.out_dir), str(export.source), str(src),
                     "-o", str(exe)], check=True, capture_output=True, text=True, timeout=120)
     return exe
+
+
+def emulation_available(target: str) -> bool:
+    """True when ``target``'s cross-compiler and emulator are installed here."""
+    import shutil
+
+    from .targets import TARGETS
+
+    if not TARGETS[target].available():
+        return False
+    return target != "atmega328p" or shutil.which("simavr") is not None
+
+
+def check_emulated(model: IntegerModel, x: np.ndarray, target: str,
+                   build: tuple[int, str, int, str], out_dir: Path) -> None:
+    """Export ``model`` with ``build`` = (word bits, mode, early-exit interval in words or 0
+    for none, popcount variant), cross-compile it for ``target``, run ``x`` in the
+    emulator and assert the engine's scores (NumPy reference), no compiler warnings and a
+    measured stack within the header's bound."""
+    from .codegen import export_c
+    from .engine import scores, to_hwc
+    from .targets import Harness, build_harness, run
+
+    word_bits, mode, every, popcount = build
+    export = export_c(model, out_dir / "src", word_bits=word_bits, modes=mode,
+                      early_exit=bool(every), early_exit_every=every or None, target=target)
+    harness = Harness(f"{export.name}_scores(ebnn_input, ebnn_output);",
+                      export.memory.input_bytes, model.classes,
+                      includes=(f"{export.name}_model.h",), batch=len(x))
+    app = build_harness(harness, [export.source], [export.out_dir], target, out_dir / "app",
+                        defines={f"EBNN_POPCOUNT_{popcount}": None})
+    assert app.warnings == "", app.warnings
+    results = run(app, [img.tobytes() for img in to_hwc(model, x)])
+    np.testing.assert_array_equal(np.array([r.outputs for r in results]),
+                                  scores(model, x, backend="numpy"))
+    assert max(r.stack_bytes for r in results) <= export.memory.stack_bytes
+
+
+def cli_error_line(capsys: Any, argv: list[str]) -> str:
+    """Run ``ebnn argv`` in-process, assert exit 2 with exactly one ``ebnn: error:`` line
+    on stderr (``capsys``: pytest's fixture) and return that line."""
+    from .cli import main
+
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ebnn: error: "), captured.err
+    return lines[0]
