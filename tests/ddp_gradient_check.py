@@ -55,7 +55,7 @@ def main(out: str) -> None:
                                                   for k, p in model.named_parameters()}}
     if ctx.is_main:
         torch.save(results, out)
-    ddp.shutdown()
+    ddp.shutdown(wait=True)
 
 
 if __name__ == "__main__":

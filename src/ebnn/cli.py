@@ -47,10 +47,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from . import distributed
 
     ctx = distributed.init_from_env(args.device)  # None unless started by torchrun
+    ok = False
     try:
-        return _train(args, ctx)
+        rc = _train(args, ctx)
+        ok = True
+        return rc
     finally:
-        distributed.shutdown()
+        distributed.shutdown(wait=ok)  # after an error the others may never arrive
 
 
 def _train(args: argparse.Namespace, ctx: Any) -> int:

@@ -121,9 +121,14 @@ def current(device: str = "cpu") -> Context | None:
                    device=_device(device, local_rank))
 
 
-def shutdown() -> None:
-    """Leave the process group (if joined)."""
+def shutdown(wait: bool = False) -> None:
+    """Leave the process group (if joined). ``wait``: first wait for every process (after
+    a run that succeeded): a process that tears down its connections while another is
+    still in its last collective can make that one abort at exit (gloo), which torchrun
+    reports as a failed run although every file was written."""
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
