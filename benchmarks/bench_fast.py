@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import ROOT, command_line, machine, markdown_table, write_section  # noqa: E402
+from report import ROOT, markdown_table, publish  # noqa: E402
 
 from ebnn import engine, fast, hostc, load_spec  # noqa: E402
 from ebnn.fold import fold, load_integer_model  # noqa: E402
@@ -292,10 +292,7 @@ def main() -> None:
               "time, 2048 images)",
               markdown_table(profile_rows(have[0]))]
     body = "\n\n".join(parts) + "\n"
-    if args.write:
-        write_section("fast", "Fast host engine (ebnn.fast) vs PyTorch", body)
-    else:
-        print(f"Command: `{command_line()}`  \nMachine: {machine()}\n\n{body}")
+    publish("fast", "Fast host engine (ebnn.fast) vs PyTorch", body, args.write)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import ROOT, command_line, machine, markdown_table, write_section  # noqa: E402
+from report import ROOT, markdown_table, publish  # noqa: E402
 
 from ebnn import engine, hostc  # noqa: E402
 from ebnn.deploy import IntegerModel, is_model_file  # noqa: E402
@@ -178,10 +178,7 @@ def main() -> None:
     body = (f"Network: {what}. Data: {data}. All C rows equal the NumPy engine bit for bit "
             f"(scores of all {n} images). C runs single-threaded; {plan_note}, stack bound "
             f"see the model header.\n\n{table}\n")
-    if args.write:
-        write_section("host", "Host inference speed (C, NumPy engine, PyTorch)", body)
-    else:
-        print(f"Command: `{command_line()}`  \nMachine: {machine()}\n\n{body}")
+    publish("host", "Host inference speed (C, NumPy engine, PyTorch)", body, args.write)
 
 
 if __name__ == "__main__":

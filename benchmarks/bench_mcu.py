@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from report import ROOT, markdown_table, target_word_bits, write_section  # noqa: E402
+from report import ROOT, checks_sentence, markdown_table, target_word_bits, write_section  # noqa: E402
 
 from ebnn.data import load_dataset  # noqa: E402
 from ebnn.fold import load_integer_model  # noqa: E402
@@ -253,9 +253,7 @@ def render(args: argparse.Namespace, name: str, reports: list[dict], rows: list[
             "This table checks them on the model itself: mean instructions (Cortex-M) or "
             "cycles (AVR) per inference, and the difference to the target's fastest "
             "variant. Instruction counts do not see the Cortex-M0+'s two-cycle table loads. "
-            + ("Every run agreed with the engine and passed the size checks."
-             if not any(r["problems"] for r in rows) else
-             "**Some runs failed their checks: see the script's output.**"),
+            + checks_sentence(rows),
             variant_table(rows, reports),
         ]
     return "\n\n".join(parts)

@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_mcu import build_all, run_builds, variant_table  # noqa: E402
-from report import ROOT, markdown_table, write_section  # noqa: E402
+from report import ROOT, checks_sentence, markdown_table, write_section  # noqa: E402
 
 from ebnn import engine  # noqa: E402
 from ebnn.data import load_dataset  # noqa: E402
@@ -250,10 +250,7 @@ def render(args: argparse.Namespace, main_path: Path, seeds: list[dict], reports
             "defaults of the main run in bold (popcount from this table's 8-bit row, "
             "stored in `ebnn.mcu.MODEL_POPCOUNT_COSTS`: the byte table where it saves more "
             "than 10 %, on the ESP32-C3, else SWAR; word from "
-            "`ebnn.codegen.choose_word_bits`). "
-            + ("Every run agreed with the engine and passed the size checks."
-               if not any(r["problems"] for r in rows) else
-               "**Some runs failed their checks: see the script's output.**"),
+            "`ebnn.codegen.choose_word_bits`). " + checks_sentence(rows),
             variant_cells(rows, reports),
         ]
     return "\n\n".join(parts)

@@ -67,6 +67,22 @@ def write_section(name: str, title: str, body: str, path: Path = BENCHMARKS) -> 
     return section
 
 
+def publish(name: str, title: str, body: str, write: bool) -> None:
+    """Write section ``name`` of BENCHMARKS.md (``write``), or only print it with the
+    command and machine lines it would have."""
+    if write:
+        write_section(name, title, body)
+    else:
+        print(f"Command: `{command_line()}`  \nMachine: {machine()}\n\n{body}")
+
+
+def checks_sentence(rows: list[dict]) -> str:
+    """The sentence under an emulated-chip table: every run agreed, or some did not."""
+    if not any(r["problems"] for r in rows):
+        return "Every run agreed with the engine and passed the size checks."
+    return "**Some runs failed their checks: see the script's output.**"
+
+
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     if not rows:
         return "(no rows)"
