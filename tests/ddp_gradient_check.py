@@ -56,6 +56,7 @@ def main(out: str) -> None:
     if ctx.is_main:
         torch.save(results, out)
     ddp.shutdown(wait=True)
+    ddp.exit_process(0)
 
 
 if __name__ == "__main__":

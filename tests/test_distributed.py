@@ -23,7 +23,8 @@ from ebnn.data import load_dataset, train_val_split
 from ebnn.fold import fold, load_integer_model
 from ebnn.train import recalibrate_batch_norm
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# The fault handler prints where a process that aborts was (Python frames, or none).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 TRAIN = ["train", "--data", "digits", "--model", "digits", "--epochs", "3", "--batch-size",
          "64", "--seed", "3", "--threads", "1", "--no-progress"]
 # Test accuracy of the folded model, 2 processes against 1: within this many points. The

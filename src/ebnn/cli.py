@@ -521,6 +521,15 @@ LOCKED_COMMANDS = ("train", "export", "fold", "search")
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _run(argv)
+    from . import distributed
+
+    if distributed.left_group():  # a torchrun process: end it without the teardown
+        distributed.exit_process(code)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from .guard import interrupt_on_sigterm, output_guard
 
