@@ -11,7 +11,7 @@ import torch
 from ebnn import engine, hostc
 from ebnn.checkpoint import load_checkpoint
 from ebnn.cli import main
-from ebnn.data import load_dataset, random_affine, train_val_split
+from ebnn.data import load_dataset, random_affine, random_flip, train_val_split
 from ebnn.distill import FloatNet, distillation_loss, float_twin, is_float
 from ebnn.fold import fold
 from ebnn.search import Budget, BudgetError
@@ -101,7 +101,7 @@ def test_memory_efficient_distillation_gives_the_same_weights(digits, tmp_path):
     for memeff in (False, True):
         cfg = TrainConfig(epochs=2, batch_size=32, teacher=str(path), memory_efficient=memeff,
                           augment_shift=1, augment_rotate=10, augment_scale=0.1,
-                          label_smoothing=0.1, bn_freeze_epochs=1, threads=1)
+                          augment_flip=True, label_smoothing=0.1, bn_freeze_epochs=1, threads=1)
         r = train(spec, tr, va, cfg, tmp_path / f"m{memeff}.pt", progress=False)
         states.append(r.model.state_dict())
     for key in states[0]:
@@ -175,6 +175,20 @@ def test_random_affine():
             assert bool((cols.abs() < 0.05).all() and (rows < 0).all())
         else:
             assert float(cols.abs().max()) > 1.0  # some images turned far
+
+
+def test_random_flip_mirrors_about_half_of_the_images_and_leaves_the_rest():
+    x = torch.randint(0, 256, (400, 2, 5, 7), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(0))
+    out = random_flip(x, torch.Generator().manual_seed(1))
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    assert torch.equal(out, random_flip(x, torch.Generator().manual_seed(1)))
+    mirrored = [bool(torch.equal(o, i.flip(-1))) for o, i in zip(out, x, strict=True)]
+    kept = [bool(torch.equal(o, i)) for o, i in zip(out, x, strict=True)]
+    assert all(m != k for m, k in zip(mirrored, kept, strict=True))  # one or the other
+    assert 160 < sum(mirrored) < 240  # p = 1/2 per image
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        random_flip(x[0])
 
 
 def test_max_ms_budget():

@@ -7,6 +7,9 @@ off by default; BENCHMARKS.md (section ``accuracy``) measures which ones help sm
   angle in ``±augment_rotate`` degrees and zoomed by a random factor in
   ``1 ± augment_scale`` (:func:`ebnn.data.transforms.random_affine`), then shifted by up
   to ``augment_shift`` pixels.
+* ``augment_flip``: every training image is mirrored left to right with probability 1/2
+  (:func:`ebnn.data.transforms.random_flip`), before the other augmentations. For
+  classes that look the same mirrored (Fashion-MNIST's clothing), not for digits.
 * ``label_smoothing``: cross-entropy against ``1 - eps`` on the label and ``eps`` spread
   over all classes (ignored by the squared hinge loss).
 * ``bn_freeze_epochs``: a second stage of that many final epochs in which every batch
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .data.transforms import random_affine, random_shift
+from .data.transforms import random_affine, random_flip, random_shift
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
 RECIPE_DEFAULTS: dict[str, Any] = {
     "teacher": "", "teacher_model": "", "teacher_epochs": 0, "float_model": False,
     "label_smoothing": 0.0, "augment_rotate": 0.0, "augment_scale": 0.0,
-    "bn_freeze_epochs": 0,
+    "augment_flip": False, "bn_freeze_epochs": 0,
 }
 
 
@@ -73,13 +76,16 @@ def check_recipe(cfg: TrainConfig) -> None:
 
 def augmenting(cfg: TrainConfig) -> bool:
     """True if training batches are augmented at all."""
-    return cfg.augment_shift > 0 or cfg.augment_rotate > 0 or cfg.augment_scale > 0
+    return (cfg.augment_shift > 0 or cfg.augment_rotate > 0 or cfg.augment_scale > 0
+            or cfg.augment_flip)
 
 
 def augment(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """The augmented ``uint8`` batch: rotation and zoom, then the pixel shift. Without
-    rotation and zoom the random draws are those of the shift alone, as before they existed
-    (so earlier runs resume to the same weights)."""
+    """The augmented ``uint8`` batch: mirroring, rotation and zoom, then the pixel shift.
+    Without mirroring, rotation and zoom the random draws are those of the shift alone, as
+    before they existed (so earlier runs resume to the same weights)."""
+    if cfg.augment_flip:
+        x = random_flip(x, generator)
     if cfg.augment_rotate > 0 or cfg.augment_scale > 0:
         x = random_affine(x, cfg.augment_rotate, cfg.augment_scale, generator)
     if cfg.augment_shift > 0:
@@ -114,6 +120,9 @@ def add_recipe_arguments(p: Any) -> None:
                    help="rotate training images by a random angle up to this")
     p.add_argument("--augment-scale", type=float, default=0.0, metavar="FRACTION",
                    help="zoom training images by a random factor in 1 +- FRACTION")
+    p.add_argument("--augment-flip", action="store_true",
+                   help="mirror training images left to right at random (for classes "
+                        "that look the same mirrored, e.g. clothing; not digits)")
     p.add_argument("--bn-freeze-epochs", type=int, default=0, metavar="N",
                    help="last N epochs with batch norm frozen at its running statistics")
 
@@ -124,4 +133,5 @@ def recipe_options(args: Any) -> dict[str, Any]:
             "teacher_epochs": args.teacher_epochs, "distill_alpha": args.distill_alpha,
             "distill_temperature": args.distill_temperature,
             "label_smoothing": args.label_smoothing, "augment_rotate": args.augment_rotate,
-            "augment_scale": args.augment_scale, "bn_freeze_epochs": args.bn_freeze_epochs}
+            "augment_scale": args.augment_scale, "augment_flip": args.augment_flip,
+            "bn_freeze_epochs": args.bn_freeze_epochs}

@@ -92,8 +92,8 @@ class TrainConfig:
     checkpoint path), ``teacher_model``, ``teacher_epochs``, ``distill_alpha`` and
     ``distill_temperature`` configure knowledge distillation (:mod:`ebnn.distill`);
     ``float_model`` trains the float twin instead of the BNN (a teacher);
-    ``label_smoothing``, ``augment_rotate``, ``augment_scale`` and ``bn_freeze_epochs``
-    are the recipe options of :mod:`ebnn.recipe`.
+    ``label_smoothing``, ``augment_rotate``, ``augment_scale``, ``augment_flip`` and
+    ``bn_freeze_epochs`` are the recipe options of :mod:`ebnn.recipe`.
     """
 
     epochs: int = 30
@@ -124,6 +124,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment_rotate: float = 0.0
     augment_scale: float = 0.0
+    augment_flip: bool = False
     bn_freeze_epochs: int = 0
 
     def __post_init__(self) -> None:

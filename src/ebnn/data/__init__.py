@@ -25,7 +25,7 @@ from .base import DataError, Dataset, FeatureQuantizer, train_val_split
 from .download import download
 from .sources import SOURCES, default_data_dir, load_dataset
 from .timeseries import SeriesOptions, TsFormatError, load_ts, read_ts
-from .transforms import normalization, random_affine, random_shift
+from .transforms import normalization, random_affine, random_flip, random_shift
 
 __all__ = [
     "SOURCES",
@@ -40,6 +40,7 @@ __all__ = [
     "load_ts",
     "normalization",
     "random_affine",
+    "random_flip",
     "random_shift",
     "read_ts",
     "train_val_split",

@@ -48,6 +48,19 @@ def normalization(x: np.ndarray) -> tuple[list[int], float]:
     return offsets, max(float(np.sqrt(var)), 1e-6)
 
 
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image of the batch ``x`` (N, C, H, W) left to right with probability
+    1/2 (one draw per image). For images whose classes look the same mirrored (clothing,
+    most objects), not for digits, letters or signals in time.
+    Returns a new tensor of the same dtype and device. Random numbers come from
+    ``generator`` (on its device) when given."""
+    if x.dim() != 4:
+        raise ValueError(f"need an (N, C, H, W) batch, got shape {tuple(x.shape)}")
+    gen_device = generator.device if generator is not None else x.device
+    mirror = (torch.rand(x.shape[0], generator=generator, device=gen_device) < 0.5)
+    return torch.where(mirror.to(x.device)[:, None, None, None], x.flip(-1), x)
+
+
 def random_shift(x: torch.Tensor, max_shift: int,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Shift every image of the batch ``x`` (N, C, H, W) by its own random offset of
