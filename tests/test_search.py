@@ -329,3 +329,24 @@ def test_code_size_constant_bounds_real_code(tmp_path, target):
     assert 0 < m.footprint.code_bytes <= CODE_BYTES[target] <= CODE_BYTES[None]
     plan = plan_memory(model, 16, target=target)
     assert m.footprint.ram == plan.ram_bytes + plan.input_bytes + plan.stack_bytes
+
+
+def test_a_program_over_the_chip_is_measured_not_run_and_the_search_rejects_it(tmp_path):
+    """Tables under the flash budget, program over the chip: linked for its sizes, with
+    ``unfit`` saying by how much, and no input run (the search rejects such a trial)."""
+    if not _have("atmega328p"):
+        pytest.skip("compiler for atmega328p not installed")
+    import numpy as np
+
+    from ebnn.search.measure import build_for_target
+
+    # a candidate the search met: the model takes 32.3 KB, the program 34 KB
+    spec = ModelSpec.from_dict({"input_shape": [1, 28, 28], "classes": 10, "blocks": [
+        {"type": "conv", "filters": 8, "kernel": 5, "padding": 2, "pool": 2,
+         "mode": "materialized"}, {"type": "dense", "units": 128}, {"type": "output"}]})
+    model = fold(build_model(spec))
+    x = np.zeros((1, 1, 28, 28), np.uint8)
+    m = build_for_target(model, 8, "atmega328p", tmp_path, x)
+    assert m.unfit.startswith("does not fit the Microchip ATmega328P") and "flash" in m.unfit
+    assert m.count is None and not m.counts
+    assert m.footprint.flash < 32768  # the model alone is within a 32 KB budget

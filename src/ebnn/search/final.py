@@ -58,10 +58,12 @@ def train_final(cfg: SearchConfig, best: dict[str, Any], log: Callable[[str], No
         x = test.x[:cfg.count_images] if test is not None else va.x[:cfg.count_images]
         m = build_for_target(imodel, wb, budget.target, work / "target", x)
         fp, count = m.footprint, m.count
-        measured = {"elf_ram": m.elf_ram, "counts": m.counts, "unit": m.unit}
+        measured = {"elf_ram": m.elf_ram, "counts": m.counts, "unit": m.unit,
+                    "unfit": m.unfit}
     header = _header_sizes(export.header, export.name)
     summary = {"trial": best["number"], "desc": best["desc"], "spec": spec.to_dict(),
                "word_bits": wb, "footprint": fp.to_dict(), "fits": fp.fits(budget)
+               and not measured.get("unfit")
                and (budget.max_count is None or (count or 0) <= budget.max_count),
                "header": header, "count": count, **measured,
                "search_val_accuracy": best["val_accuracy"],

@@ -30,7 +30,8 @@ _BASELINES: dict[tuple[str, int, int], dict[str, int]] = {}
 @dataclass
 class TargetMeasure:
     """What one build and run on a target gave; ``count`` is the mean per inference in
-    ``unit`` (``None`` when no inputs were run)."""
+    ``unit`` (``None`` when no inputs were run). ``unfit`` says how the program overflows
+    the chip (empty when it fits); such a program is measured but not run."""
 
     target: str
     footprint: Footprint
@@ -39,6 +40,7 @@ class TargetMeasure:
     count: float | None = None
     counts: list[int] = field(default_factory=list)
     predictions: list[int] = field(default_factory=list)
+    unfit: str = ""
 
 
 def check_target(target: str | None) -> None:
@@ -65,7 +67,11 @@ def input_bytes(x: np.ndarray) -> list[bytes]:
 def build_for_target(model: IntegerModel, word_bits: int, target: str, workdir: str | Path,
                      inputs: np.ndarray | None = None, name: str = "cand") -> TargetMeasure:
     """Export ``model``, build it for ``target`` in ``workdir`` and, given ``inputs``
-    ((N, C, H, W) ``uint8``), run each once in the emulator (see the module docstring)."""
+    ((N, C, H, W) ``uint8``), run each once in the emulator (see the module docstring).
+
+    The program is linked even when it overflows the chip (the tables' estimate can fit
+    the flash budget while tables, code and start-up do not fit the chip), so that its
+    sizes are measured; ``unfit`` then says by how much and no input is run."""
     from ..codegen import export_c
     from ..targets import Harness, build_harness, get_target, run
 
@@ -78,7 +84,8 @@ def build_for_target(model: IntegerModel, word_bits: int, target: str, workdir: 
     # batch=1: on AVR a larger batch stores its inputs in flash, which the baseline lacks.
     harness = Harness(f"{res.name}_scores(ebnn_input, ebnn_output);", n_in, model.classes,
                       includes=(res.header.name,), batch=1)
-    app = build_harness(harness, [res.source], [res.out_dir], tgt, work / "build", name="model")
+    app = build_harness(harness, [res.source], [res.out_dir], tgt, work / "build", name="model",
+                        oversize=True)
     key = (tgt.name, n_in, model.classes)
     if key not in _BASELINES:
         _BASELINES[key] = build_harness(harness.baseline(), [], [], tgt, work / "build",
@@ -87,7 +94,12 @@ def build_for_target(model: IntegerModel, word_bits: int, target: str, workdir: 
     flash = app.sizes["flash"] - base["flash"]
     fp = footprint_from_plan(device_plan(model, word_bits, tgt.name), 0, tgt.name, flash=flash)
     out = TargetMeasure(tgt.name, fp, app.sizes["ram"] - base["ram"], tgt.unit)
-    if inputs is not None and len(inputs):
+    if not app.fits():
+        over = [f"{what} {app.sizes[what]} of {limit} B" for what, limit in
+                (("flash", tgt.flash_bytes), ("ram", tgt.ram_bytes))
+                if app.sizes[what] > limit]
+        out.unfit = f"does not fit the {tgt.chip}: {', '.join(over)}"
+    elif inputs is not None and len(inputs):
         results = run(app, input_bytes(inputs))
         out.counts = [int(r.count) for r in results if r.count is not None]
         out.predictions = [int(np.argmax(r.outputs[:model.classes])) for r in results]

@@ -371,12 +371,16 @@ class Worker:
         return vals
 
     def _reject(self, trial: Any, status: str, reason: str, fp: Footprint | None = None,
-                count: float | None = None) -> tuple:
+                count: float | None = None, unfit: bool = False) -> tuple:
+        """Record ``trial`` as not trained. ``unfit``: it overflows the chip, which the
+        budget's figures may not show, so its flash constraint counts as violated."""
         b = self.budget
         if fp is None:
             violation = [1.0, 1.0, 0.0]
         else:
             violation = [(fp.ram - b.ram) / b.ram, (fp.flash - b.flash) / b.flash, 0.0]
+        if unfit:
+            violation[1] = max(violation[1], 0.01)
         if b.max_count is not None and count is not None:
             violation[2] = (count - b.max_count) / b.max_count
         trial.set_user_attr("status", status)
@@ -426,6 +430,9 @@ class Worker:
             fp, count_est = m.footprint, m.count
             trial.set_user_attr("footprint", fp.to_dict())
             trial.set_user_attr("count_estimate", count_est)
+            if m.unfit:
+                return self._reject(trial, "rejected", f"{m.unfit} untrained", fp,
+                                    unfit=True)
         if not fp.fits(b):
             return self._reject(trial, "rejected", _over_text(fp, b), fp)
         if b.max_count is not None and count_est is not None and count_est > b.max_count:
@@ -531,6 +538,9 @@ class Worker:
             fp = m.footprint
             trial.set_user_attr("footprint", fp.to_dict())
             trial.set_user_attr("count", count)
+            if m.unfit:  # the generated code depends on the weights
+                return self._reject(trial, "rejected", f"{m.unfit} after training",
+                                    fp, unfit=True)
         seconds = time.perf_counter() - t0
         trial.set_user_attr("val_accuracy", acc)
         trial.set_user_attr("seconds", seconds)
