@@ -35,7 +35,8 @@ from ebnn.search.budget import MCU_STACK_BYTES
 from ebnn.search.census import census, check_feasible
 from ebnn.search.report import pareto_front
 from ebnn.search.runner import dominating
-from ebnn.spec import ModelSpec
+from ebnn.spec import ModelSpec, load_spec
+from ebnn.testing import cli_error_line
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # A small space keeps every trial to a second or two on digits.
@@ -350,3 +351,38 @@ def test_a_program_over_the_chip_is_measured_not_run_and_the_search_rejects_it(t
     assert m.unfit.startswith("does not fit the Microchip ATmega328P") and "flash" in m.unfit
     assert m.count is None and not m.counts
     assert m.footprint.flash < 32768  # the model alone is within a 32 KB budget
+
+
+def test_a_search_starts_from_known_models(tmp_path, capsys):
+    """params_of inverts to_spec for presets in the space (2-D and 1-D), names what is
+    outside it, and --start-from trains those shapes first."""
+    space = SearchSpace(filters=(8, 16, 32, 64), kernels=(3, 5, 7), pools=(1, 2, 4),
+                        units=(64, 128), max_conv_blocks=3)
+    for name in ("mnist-fast", "digits", "imu-1d", "ebnn-mnist"):
+        spec = load_spec(name)
+        got, _ = space.to_spec(space.params_of(spec), spec.input_shape, spec.classes)
+        assert got.to_dict()["blocks"] == spec.to_dict()["blocks"], name
+    with pytest.raises(ValueError, match="conv1_filters = 64 is outside the search space "
+                                         r"\(8, 16, 32\)"):
+        SearchSpace(filters=(8, 16, 32)).params_of(load_spec("mnist-2kb"))
+    rect = ModelSpec.from_dict({"input_shape": [1, 12, 12], "classes": 3, "blocks": [
+        {"type": "conv", "filters": 8, "kernel": [3, 5], "padding": 0, "pool": 2},
+        {"type": "output"}]})
+    with pytest.raises(ValueError, match="not ones this search proposes"):
+        space.params_of(rect)
+
+    out = tmp_path / "s"
+    result = search(_cfg(out, trials=2, epochs=1, final=False, seed_trials=0,
+                         start_from=("digits",), space=SearchSpace(
+                             max_conv_blocks=2, max_dense_blocks=1, filters=(8, 16, 32),
+                             kernels=(3,), units=(32, 64))))
+    first = min((r for r in result.rows if r["status"] in ("complete", "pruned")),
+                key=lambda r: r["number"])
+    digits = load_spec("digits").to_dict()["blocks"]
+    assert first["spec"]["blocks"] == digits
+    capsys.readouterr()
+    line = cli_error_line(capsys, ["search", "--data", "digits", "--ram", "800", "--flash",
+                                   "20KB", "--trials", "1", "--start-from", "mnist-2kb",
+                                   "--filters", "8,16", "--out", str(tmp_path / "t")])
+    assert line.endswith("conv1_filters = 64 is outside the search space (8, 16)")
+    assert not (tmp_path / "t").exists()  # checked before anything is written

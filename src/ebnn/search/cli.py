@@ -103,6 +103,9 @@ def add_search_parser(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads with one worker (0: default; workers use 1 each)")
     p.add_argument("--progress", action="store_true", help="progress bars while training")
+    p.add_argument("--start-from", metavar="MODELS", type=lambda s: tuple(s.split(",")),
+                   default=(), help="presets or spec files (comma-separated) to train "
+                                    "first; the search explores around them")
     from ..recipe import add_recipe_arguments
 
     add_recipe_arguments(p)
@@ -138,7 +141,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                        word_bits=args.word_bits, space=space, sampler=args.sampler,
                        prune_after=args.prune_after, final=not args.no_final,
                        threads=args.threads, progress=args.progress,
-                       heartbeat=args.heartbeat, recipe=_recipe(args))
+                       heartbeat=args.heartbeat, recipe=_recipe(args),
+                       start_from=args.start_from)
     result = search(cfg)
     print(f"{result.trained} trials trained in {result.seconds:.0f} s; Pareto front "
           f"({result.out / 'pareto.md'}):\n")

@@ -103,7 +103,9 @@ class SearchConfig:
     ``threads`` is torch's thread count in this process (0: ebnn's default); spawned
     workers always use one. ``count_images`` validation images are run on the target per
     measurement. The first ``seed_trials`` (0 or 1) trial is the feasible candidate with
-    the most operations (:mod:`ebnn.search.census`). A worker gives up after
+    the most operations (:mod:`ebnn.search.census`). ``start_from`` names presets or spec
+    files whose shapes are queued next, so that known good models are trained and the
+    sampler explores around them. A worker gives up after
     ``max_rejected`` rejected candidates in a row. ``heartbeat`` is the seconds between a
     running trial's heartbeats (:mod:`ebnn.search.storage`).
     """
@@ -136,6 +138,7 @@ class SearchConfig:
     count_images: int = 8
     threads: int = 0
     seed_trials: int = 1
+    start_from: tuple[str, ...] = ()
     max_rejected: int = 300
     final: bool = True
     progress: bool = False
@@ -646,6 +649,16 @@ def run_workers(cfg: SearchConfig, log: Callable[[str], None]) -> None:
 
 
 # ---- the whole search ---------------------------------------------------------------------
+def start_params(cfg: SearchConfig, input_shape: Any, classes: int) -> list[dict[str, Any]]:
+    """The search parameters of each ``cfg.start_from`` model, for this data's input and
+    classes; ``ValueError`` for a model the search space cannot propose."""
+    from ..spec import load_spec
+
+    space = cfg.effective_space()
+    return [space.params_of(load_spec(name).with_input(input_shape, classes))
+            for name in cfg.start_from]
+
+
 def _prepare(cfg: SearchConfig, log: Callable[[str], None]) -> Any:
     """Create or check the study, fail zombies of a local storage, queue retries and the
     seed candidate. Returns the study."""
@@ -656,6 +669,7 @@ def _prepare(cfg: SearchConfig, log: Callable[[str], None]) -> Any:
     space = cfg.effective_space()
     found = census(space, tr.input_shape, tr.classes, budget, cfg.word_bits, seed=cfg.seed)
     check_feasible(found, budget, tr.input_shape)
+    starts = start_params(cfg, tr.input_shape, tr.classes)  # checked before any file
     cfg.out.mkdir(parents=True, exist_ok=True)
     storage = make_storage(cfg.storage_url(), cfg.heartbeat)
     study = open_study(cfg, create=True, storage=storage)
@@ -680,6 +694,8 @@ def _prepare(cfg: SearchConfig, log: Callable[[str], None]) -> Any:
         log(f"resuming {requeued} interrupted trial(s)")
     if not study.trials and found.seed is not None and cfg.seed_trials > 0:
         study.enqueue_trial(found.seed.params, user_attrs={"seeded": True})
+    for params in starts:
+        study.enqueue_trial(params, user_attrs={"seeded": True}, skip_if_exists=True)
     n_done = sum(1 for t in study.trials if t.user_attrs.get("trained")
                  and t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
     log(f"search {cfg.study_name!r} in {cfg.storage_url()}: {budget.describe()}; "

@@ -117,6 +117,44 @@ class SearchSpace:
         """A uniformly random draw (each choice uniform, given the earlier ones)."""
         return self.draw(lambda _name, choices: rng.choice(list(choices)))
 
+    def params_of(self, spec: ModelSpec) -> dict[str, Any]:
+        """The parameters that :meth:`to_spec` turns into ``spec``'s blocks, so that a known
+        model (a preset) can start a search; the word size is left to the search. Raises
+        ``ValueError`` naming the first block or value this space cannot propose."""
+        blocks = [b for b in spec.blocks if b.type != "output"]
+        convs = [b for b in blocks if b.type == "conv"]
+        dense = [b for b in blocks if b.type == "dense"]
+        if [b.type for b in blocks] != ["conv"] * len(convs) + ["dense"] * len(dense):
+            raise ValueError(f"{spec.name}: only conv blocks then dense blocks can be searched")
+        want: dict[str, Any] = {"first": "conv" if convs else "dense",
+                                "conv_blocks": len(convs), "dense_blocks": len(dense),
+                                "mlp_blocks": len(dense)}
+        for i, b in enumerate(convs):
+            k, pool = b.kernel[-1], b.pool[-1]
+            want.update({f"conv{i}_filters": b.filters, f"conv{i}_kernel": k,
+                         f"conv{i}_padding": "same" if any(b.padding) else "valid",
+                         f"conv{i}_pool": pool, f"conv{i}_mode": b.mode})
+        want.update({f"dense{i}_units": b.units for i, b in enumerate(dense)})
+
+        def pick(name: str, choices: Sequence[Any]) -> Any:
+            if name == "word_bits":
+                return None
+            if want[name] not in choices:
+                shown = (f"{choices.start}..{choices.stop - 1}" if isinstance(choices, range)
+                         else ", ".join(map(str, choices)))
+                raise ValueError(f"{spec.name}: {name} = {want[name]} is outside the search "
+                                 f"space ({shown})")
+            return want[name]
+
+        params = {k: v for k, v in self.draw(pick).items() if v is not None}
+        if len(self.modes) == 1 and any(b.mode != self.modes[0] for b in convs):
+            raise ValueError(f"{spec.name}: conv mode {convs[0].mode} is not searched here")
+        got, _ = self.to_spec(params, spec.input_shape, spec.classes, name=spec.name)
+        if got.to_dict()["blocks"] != spec.to_dict()["blocks"]:  # e.g. a 3x5 kernel
+            raise ValueError(f"{spec.name}: its blocks (kernels, padding or pools) are not "
+                             "ones this search proposes")
+        return params
+
     # ---- parameters -> spec -------------------------------------------------------------
     def to_spec(self, params: dict[str, Any], input_shape: Sequence[int], classes: int,
                 name: str = "model") -> tuple[ModelSpec, int | None]:
