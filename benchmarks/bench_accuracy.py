@@ -72,6 +72,9 @@ GOALS = {
                     None, 0.90, {"baseline": [], "recipe": FASHION_RECIPE,
                                  "distill": FASHION_DISTILL,
                                  "both": FASHION_RECIPE + FASHION_DISTILL}),
+    # the recipe for 20 epochs instead of 12 (recipe only)
+    "fashion-2kb-20ep": (FASHION, "mnist-2kb", 8, ["--batch-size", "128"], 2048, 32768, None,
+                         None, 0.90, {"recipe": ["--epochs", "20", "--bn-freeze-epochs", "2"]}),
     # the wider first layer that moved MNIST, with a longer schedule (baseline only)
     "fashion-2kb-wide": (FASHION, "mnist-2kb-wide", 20, ["--batch-size", "128"], 2048, 32768,
                          None, None, 0.90, {"baseline": []}),
