@@ -237,6 +237,17 @@ def test_test_file_is_brought_to_the_training_length(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["n"] == 1
     line = cli_error_line(capsys, ["eval", str(out), "--data", str(short)])
     assert "2 channels x 2 steps" in line
+    # bench and verify read the data with the same options
+    assert main(["bench", str(out), "--target", "host", "--data", str(short), "--pad",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 1 and report["agree_with_engine"]
+    assert main(["verify", "robust", str(out), "--data", str(short), "--pad", "--eps", "1",
+                 "--images", "1", "--json"]) == 0
+    capsys.readouterr()
+    for cmd in (["bench", str(out), "--target", "host"], ["verify", "robust", str(out),
+                                                           "--eps", "1"]):
+        assert "2 channels x 2 steps" in cli_error_line(capsys, [*cmd, "--data", str(short)])
 
 
 def test_test_file_classes_and_channels_must_agree_with_training(tmp_path, capsys):

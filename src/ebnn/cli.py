@@ -297,7 +297,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .mcu import bench_inputs, bench_on_target, build_options, format_report
 
     model = load_integer_model(args.model)
-    x, y = bench_inputs(model, args.data, args.data_dir, args.split, args.images or None)
+    x, y = bench_inputs(model, args.data, args.data_dir, args.split, args.images or None,
+                        **_data_options(args))
     report = bench_on_target(model, args.target, x, y, out_dir=args.out, jobs=args.jobs,
                              log=None if args.json else _err, **build_options(args))
     if args.json:
@@ -313,28 +314,16 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="a named source (digits, mnist, fashion-mnist, cifar10, svhn) or a "
                         ".npz/.csv/.ts file or IDX directory")
     p.add_argument("--data-dir", metavar="DIR", help="where a named source's files are")
-    g = p.add_argument_group("signals (.ts files, .csv rows; see README 'Time-series data')")
-    g.add_argument("--pad", action="store_true",
-                   help="pad shorter series by repeating their last value")
-    g.add_argument("--truncate", action="store_true",
-                   help="cut longer series to the series length")
-    g.add_argument("--series-length", type=int, metavar="T",
-                   help="the length for --pad/--truncate (default: the training data's "
-                        "length for test data, else the longest series with --pad, the "
-                        "shortest with --truncate)")
-    g.add_argument("--channels", type=int, metavar="C",
-                   help="read each .csv row as a signal of C channels (C*T columns, channel "
-                        "after channel)")
+    from .data import add_series_arguments
+
+    add_series_arguments(p)
 
 
 def _data_options(args: argparse.Namespace) -> dict[str, Any]:
     """The time-series options of ``_add_data_args`` as ``load_dataset`` keywords."""
-    from .data import SeriesOptions
+    from .data import series_options
 
-    series = None
-    if args.pad or args.truncate or args.series_length is not None:
-        series = SeriesOptions(args.series_length, args.pad, args.truncate)
-    return {"series": series, "channels": args.channels}
+    return series_options(args)
 
 
 def _add_early_exit_data(p: argparse.ArgumentParser) -> None:
@@ -494,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "inputs, no accuracy)")
     p.add_argument("--data-dir", metavar="DIR", help="where a named source's files are")
     p.add_argument("--split", default="test", choices=["train", "test"])
+    from .data import add_series_arguments
+
+    add_series_arguments(p)
     p.add_argument("--jobs", type=int, default=1, help="emulator processes in parallel")
     p.add_argument("--out", type=Path, metavar="DIR", help="keep the build here")
     p.set_defaults(func=cmd_bench)

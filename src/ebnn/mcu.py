@@ -734,10 +734,11 @@ def build_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_inputs(model: IntegerModel, source: str | None, data_dir: str | Path | None = None,
-                 split: str = "test", images: int | None = None, seed: int = 0
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
+                 split: str = "test", images: int | None = None, seed: int = 0,
+                 **options: Any) -> tuple[np.ndarray, np.ndarray | None]:
     """Inputs for :func:`bench_on_target`: the first ``images`` of a data set's ``split``
-    (``source`` as in :func:`ebnn.data.load_dataset`, read with the model's quantiser), or
+    (``source`` as in :func:`ebnn.data.load_dataset`, read with the model's quantiser;
+    ``options``: its ``series`` and ``channels``), or
     without a source ``images`` (default 10) random uint8 inputs and no labels."""
     if source is None:
         n = 10 if images is None else images
@@ -747,7 +748,7 @@ def bench_inputs(model: IntegerModel, source: str | None, data_dir: str | Path |
 
     quantizer = FeatureQuantizer.from_dict(model.quantizer) if model.quantizer else None
     ds = load_dataset(source, split, data_dir, quantizer=quantizer,
-                      class_names=model.class_names)
+                      class_names=model.class_names, **options)
     if ds.input_shape != tuple(model.input_shape):
         raise ValueError(f"{ds.name} inputs are {list(ds.input_shape)}, the model takes "
                          f"{list(model.input_shape)}")

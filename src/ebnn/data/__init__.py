@@ -24,7 +24,14 @@ message naming the file and the problem (:class:`TsFormatError`, a kind of it, f
 from .base import DataError, Dataset, FeatureQuantizer, train_val_split
 from .download import download
 from .sources import SOURCES, default_data_dir, load_dataset
-from .timeseries import SeriesOptions, TsFormatError, load_ts, read_ts
+from .timeseries import (
+    SeriesOptions,
+    TsFormatError,
+    add_series_arguments,
+    load_ts,
+    read_ts,
+    series_options,
+)
 from .transforms import normalization, random_affine, random_flip, random_shift
 
 __all__ = [
@@ -34,6 +41,7 @@ __all__ = [
     "FeatureQuantizer",
     "SeriesOptions",
     "TsFormatError",
+    "add_series_arguments",
     "default_data_dir",
     "download",
     "load_dataset",
@@ -43,5 +51,6 @@ __all__ = [
     "random_flip",
     "random_shift",
     "read_ts",
+    "series_options",
     "train_val_split",
 ]

@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -405,4 +406,29 @@ def load_ts(path: str | Path, quantizer: FeatureQuantizer | None = None,
         names = list(class_names)
     x, quantizer = quantize_signals(path, data.values, quantizer)
     return Dataset(x, y, len(names), ts_stem(path), quantizer, names)
+
+
+# ---- command-line options (ebnn train, eval, bench, verify) ------------------------------
+def add_series_arguments(p: Any) -> None:
+    """The signal options of every command that reads a data set (an argparse parser)."""
+    g = p.add_argument_group("signals (.ts files, .csv rows; see README 'Time-series data')")
+    g.add_argument("--pad", action="store_true",
+                   help="pad shorter series by repeating their last value")
+    g.add_argument("--truncate", action="store_true",
+                   help="cut longer series to the series length")
+    g.add_argument("--series-length", type=int, metavar="T",
+                   help="the length for --pad/--truncate (default: the training data's "
+                        "length for test data and a model's data, else the longest series "
+                        "with --pad, the shortest with --truncate)")
+    g.add_argument("--channels", type=int, metavar="C",
+                   help="read each .csv row as a signal of C channels (C*T columns, channel "
+                        "after channel)")
+
+
+def series_options(args: Any) -> dict[str, Any]:
+    """:func:`add_series_arguments`' options as ``load_dataset`` keywords."""
+    series = None
+    if args.pad or args.truncate or args.series_length is not None:
+        series = SeriesOptions(args.series_length, args.pad, args.truncate)
+    return {"series": series, "channels": args.channels}
 

@@ -45,7 +45,7 @@ def _require_solvers() -> None:
 def _load(model_path: str, args: argparse.Namespace):
     """The integer model and the data set it reads, checked to fit each other."""
     _require_solvers()
-    from ..data import FeatureQuantizer, load_dataset
+    from ..data import FeatureQuantizer, load_dataset, series_options
     from ..fold import load_integer_model
 
     model = load_integer_model(model_path)
@@ -54,7 +54,7 @@ def _load(model_path: str, args: argparse.Namespace):
     q = model.quantizer
     ds = load_dataset(args.data, args.split, args.data_dir,
                       quantizer=FeatureQuantizer.from_dict(q) if q else None,
-                      class_names=model.class_names)
+                      class_names=model.class_names, **series_options(args))
     if tuple(ds.input_shape) != tuple(model.input_shape):
         raise ValueError(f"{model_path} takes input {list(model.input_shape)} but {args.data} "
                          f"{args.split} has {list(ds.input_shape)}")
@@ -177,6 +177,9 @@ def _common(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="where a named source's files are")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    from ..data import add_series_arguments
+
+    add_series_arguments(p)
 
 
 def add_verify_parser(sub: Any) -> None:
