@@ -151,8 +151,8 @@ def exit_process(code: int) -> NoReturn:
 
     For a process that has left its group (:func:`shutdown`), once every output is written
     and closed. The teardown after a gloo group can abort the process with "terminate
-    called without an active exception" while no Python code is left to run (about once
-    in 60 two-process runs on a loaded machine; the fault handler shows no Python frame),
+    called without an active exception" while no Python code is left to run (once in
+    about 50 two-process runs on a loaded machine; the fault handler shows no Python frame),
     and torchrun then reports the whole run as failed although every file was written.
     ``os._exit`` ends the process without that teardown; the streams are flushed first.
     """
