@@ -207,7 +207,7 @@ def resolve(model: IntegerModel, setting: Setting, target: str | None = None, *,
 
 def _unmeasurable(model: IntegerModel, target: str | None) -> str | None:
     """Why ``auto`` cannot measure on ``target`` (``None``: it can)."""
-    from .targets import TARGETS
+    from .targets import TARGETS, emulation_missing
 
     if not bit_layers(model):
         return "the model has no binary layer, so nothing to exit early"
@@ -218,21 +218,8 @@ def _unmeasurable(model: IntegerModel, target: str | None) -> str | None:
     if tgt is None or tgt.arch == "host":
         return (f"{target} has no exact instruction count to decide by, so off, which is "
                 "never slower")
-    if not tgt.available():
-        return f"{tgt.cc} is not installed, so not measured and off"
-    if tgt.arch == "avr":
-        from .targets.avr import SimavrError, simavr_path
-
-        try:
-            simavr_path()
-        except SimavrError:
-            return "simavr is not installed, so not measured and off"
-    if tgt.arch in ("arm", "riscv"):
-        try:
-            import unicorn  # noqa: F401
-        except ImportError:
-            return "the unicorn emulator is not installed, so not measured and off"
-    return None
+    missing = emulation_missing(tgt)
+    return None if missing is None else f"{missing} is not installed, so not measured and off"
 
 
 def sample_inputs(model: IntegerModel, n: int = AUTO_IMAGES, seed: int = AUTO_SEED

@@ -124,13 +124,9 @@ def build_c_runner(export: Any, flags: list[str]) -> Path:
 
 def emulation_available(target: str) -> bool:
     """True when ``target``'s cross-compiler and emulator are installed here."""
-    import shutil
+    from .targets import emulation_missing
 
-    from .targets import TARGETS
-
-    if not TARGETS[target].available():
-        return False
-    return target != "atmega328p" or shutil.which("simavr") is not None
+    return emulation_missing(target) is None
 
 
 def check_emulated(model: IntegerModel, x: np.ndarray, target: str,

@@ -48,6 +48,28 @@ from .toolchains import (
 )
 
 
+def emulation_missing(target: str | Target) -> str | None:
+    """What is not installed to build and emulate on ``target`` (a short phrase), or
+    ``None`` when it can: the cross-compiler, and simavr (AVR) or Unicorn (Cortex-M,
+    RISC-V). The host needs only its compiler."""
+    tgt = get_target(target)
+    if not tgt.available():
+        return tgt.cc
+    if tgt.arch == "avr":
+        from .avr import simavr_path
+
+        try:
+            simavr_path()
+        except SimavrError:
+            return "simavr"
+    if tgt.arch in ("arm", "riscv"):
+        try:
+            import unicorn  # noqa: F401
+        except ImportError:
+            return "the unicorn emulator"
+    return None
+
+
 def run(app: BuildResult, inputs: Sequence[bytes], function: str = "ebnn_run") -> list[RunResult]:
     """Run a harness built by :func:`build_harness` on each input, on its own target.
 
@@ -67,6 +89,6 @@ def run(app: BuildResult, inputs: Sequence[bytes], function: str = "ebnn_run") -
 __all__ = [
     "TARGETS", "BuildError", "BuildResult", "CortexM", "EmulationError", "Footprint",
     "Harness", "RiscV", "RunResult", "SimavrError", "Target", "build", "build_harness",
-    "footprint", "get_target", "harness_source", "isa_violations", "run", "run_avr",
-    "run_cortexm", "run_host", "run_riscv", "section_sizes",
+    "emulation_missing", "footprint", "get_target", "harness_source", "isa_violations",
+    "run", "run_avr", "run_cortexm", "run_host", "run_riscv", "section_sizes",
 ]
