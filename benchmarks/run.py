@@ -33,6 +33,7 @@ ORDER = {
     "search": ["bench_search.py"],
     # issue #15: trains build/accuracy/<goal>-<variant>-s<seed>.pt (hours on 2 cores) if missing
     "accuracy": ["bench_accuracy.py", "--images", "100"],
+    "search-estimate": ["bench_search_estimate.py"],  # reads the accuracy checkpoints
     # issue #17: trains build/sensors/<set>-{binary,float}-s<seed>.pt (minutes) if missing
     "sensors": ["bench_sensors.py"],
     "distributed": ["bench_distributed.py"],

@@ -454,8 +454,9 @@ class Worker:
         real inputs). Its plan is the trained model's, and its time is nearer the trained
         model's than that of the network as built (means 0, variances 1): max-pooling stops
         at the first bit that decides, so time depends on how the signs split. On the
-        ATmega328P, 8 validation images: mnist-fast 0.94M cycles as built, 1.16M
-        calibrated, 1.24M trained (seed 0); mnist-mcu 0.77M, 0.90M, 0.94M."""
+        ATmega328P, 8 validation images: mnist-fast 0.97M cycles as built, 1.16M
+        calibrated, 1.24M trained (seed 0); mnist-mcu 0.75M, 0.90M, 0.94M
+        (benchmarks/bench_search_estimate.py)."""
         import numpy as np
         import torch
 
