@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     from ebnn.checkpoint import load_checkpoint
     from ebnn.fold import fold
     from ebnn.model import build_model
+    from ebnn.search.config import SearchConfig, load_split
     from ebnn.search.measure import build_for_target
-    from ebnn.search.runner import SearchConfig, Worker, load_split
+    from ebnn.search.runner import Worker
     from ebnn.spec import load_spec
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

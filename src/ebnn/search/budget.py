@@ -40,25 +40,26 @@ UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024,
          "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
-#: Code bytes (text of the model's C and the runtime kernels it uses, built with the
-#: target's flags, minus the no-model baseline) per target, and ``None`` for "no target":
-#: the largest of the microcontroller targets. Measured with :func:`measure_code_bytes`
-#: over probe models that use every kind of layer (uint8 conv and dense first layers, fused
-#: and materialized 3x3 conv, 3 conv + 2 dense blocks, and two 5x5 layers of 32 filters) at
-#: word sizes 8, 16 and 32: 6968 (Cortex-M0+), 6876 (Cortex-M4), 12426 (ATmega328P),
-#: 8472 (CH32V003, without the two 5x5 layers, whose tables alone exceed its 16 KB) and
-#: 8540 (ESP32-C3) bytes; stored with 256 bytes of margin, rounded up to a multiple of
-#: 256. (The probes' code is large; mnist-ch32v003 takes about 2.1 KB on the CH32V003.)
-#: tests/test_search.py checks that they still bound the real code. The generated code is
-#: specialised per layer, so wider 5x5 layers than the probes' can need more: with
-#: ``--target`` the search measures the real ELF instead.
+#: Code bytes (text of the model's C and the runtime kernels it uses, built as ``ebnn
+#: build`` builds it for the target, minus the no-model baseline) per target, and ``None``
+#: for "no target": the largest of the microcontroller targets. Measured with
+#: :func:`ebnn.search.measure.measure_code_bytes` over probe models that use every kind of
+#: layer (uint8 conv and dense first layers, fused and materialized 3x3 conv, 3 conv + 2
+#: dense blocks, and two 5x5 layers of 32 filters) at word sizes 8, 16 and 32: 7020
+#: (Cortex-M0+), 6936 (Cortex-M4), 9840 (ATmega328P), 8524 (CH32V003, without the two 5x5
+#: layers, whose tables alone exceed its 16 KB) and 11256 (ESP32-C3) bytes, the largest
+#: each time the first probe at 32-bit words; stored with 256 bytes of margin, rounded up
+#: to a multiple of 256. (The probes' code is large; mnist-ch32v003 takes about 2.1 KB on
+#: the CH32V003.) tests/test_search.py checks that they still bound the real code. The
+#: generated code is specialised per layer, so wider 5x5 layers than the probes' can need
+#: more: with ``--target`` the search measures the real ELF instead.
 CODE_BYTES: dict[str | None, int] = {
     "cortex-m0plus": 7424,
-    "cortex-m4": 7168,
-    "atmega328p": 12800,
+    "cortex-m4": 7424,
+    "atmega328p": 10240,
     "ch32v003": 8960,
-    "esp32c3": 8960,
-    None: 12800,
+    "esp32c3": 11520,
+    None: 11520,
 }
 
 
@@ -263,47 +264,3 @@ def best_word_bits(spec: ModelSpec, choices: tuple[int, ...] = (8, 16, 32)) -> i
         return (plan.ram_bytes, plan.flash_bytes, -wb)
 
     return min(choices, key=key)
-
-
-def measure_code_bytes(target: str, workdir: str) -> int:
-    """Largest code size (bytes) of the probe models on ``target`` (needs its compiler).
-    How :data:`CODE_BYTES` was measured; rerun it after changing the C runtime."""
-    from pathlib import Path
-
-    from ..fold import fold
-    from ..model import build_model
-    from ..targets import get_target
-    from .measure import build_for_target
-
-    conv = {"type": "conv", "filters": 8, "kernel": 3, "padding": 1}
-    mat = {**conv, "mode": "materialized"}
-    dense = {"type": "dense", "units": 16}
-    # The deepest models of the default space (3 conv + 2 dense blocks), both first-layer
-    # kinds and both conv modes: each layer adds one kernel call to the generated code.
-    # The generated code is specialised per layer: its size grows with the kernel (straight
-    # -line window code, one border class per clipped window shape) and the channel words,
-    # so the widest 5x5 layers of the space are probed too.
-    # (Deeper stacks of 5x5 layers do not fit the ATmega328P's 32 KB at all.)
-    wide = {"type": "conv", "filters": 32, "kernel": 5, "padding": 2}
-    wide_dense = {"type": "dense", "units": 64}
-    probes = [
-        [{**conv, "pool": 2}, {**mat, "pool": 2}, conv, dense, dense, {"type": "output"}],
-        [{**mat, "pool": 2}, {**conv, "pool": 2}, mat, dense, dense, {"type": "output"}],
-        [dense, dense, dense, {"type": "output"}],
-        [{**wide, "padding": 0}, {**wide, "padding": 0}, wide_dense, {"type": "output"}],
-    ]
-    worst = 0
-    for i, blocks in enumerate(probes):
-        size = 16 if i >= 3 else 12
-        spec = ModelSpec.from_dict({"name": "probe", "input_shape": [1, size, size],
-                                    "classes": 10, "blocks": blocks})
-        model = fold(build_model(spec))
-        for wb in (8, 16, 32):
-            # The wide probe's tables alone exceed the CH32V003's 16 KB: it cannot be
-            # linked there, and no candidate that large reaches a build on that chip.
-            if plan_memory(model, wb, target=target).flash_bytes >= get_target(
-                    target).flash_bytes:
-                continue
-            m = build_for_target(model, wb, target, Path(workdir) / f"p{i}_{wb}")
-            worst = max(worst, m.footprint.code_bytes)
-    return worst

@@ -30,8 +30,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def add_search_parser(sub: Any) -> None:
     """Register the ``search`` subcommand on ``ebnn``'s subparsers."""
+    from .config import SAMPLERS, STUDY_NAME
     from .measure import SEARCH_TARGETS
-    from .runner import SAMPLERS, STUDY_NAME
     from .space import SearchSpace
 
     d = SearchSpace()

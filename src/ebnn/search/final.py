@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from .budget import BudgetError, format_bytes, plan_footprint
+from .config import SearchConfig, load_split, load_test
 from .report import atomic_write_text
-from .runner import SearchConfig, load_split, load_test
 
 
 def train_final(cfg: SearchConfig, best: dict[str, Any], log: Callable[[str], None]
