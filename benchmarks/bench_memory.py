@@ -13,7 +13,7 @@ Memory (``--part memory``), per preset, batch size and mode, each in a fresh sub
   per-channel statistics (parameters themselves are not counted: they cost nothing extra);
 * **tensor peak**: peak live tensor bytes of a whole training step (forward,
   cross-entropy, backward, Adam step), from the profiler's allocation events
-  (:func:`ebnn.memeff.measure_footprint`); it includes parameters, gradients and Adam
+  (:func:`ebnn.memeff_measure.measure_footprint`); it includes parameters, gradients and Adam
   state;
 * **peak RSS**: the subprocess's ``ru_maxrss`` after 3 training steps, and its growth
   over the RSS before the first step (the libtorch runtime itself is a few hundred MB).
@@ -75,7 +75,8 @@ def measure_one(preset: str, batch: int, efficient: bool) -> dict:
     import torch
     from torch.nn import functional as F
 
-    from ebnn.memeff import make_memory_efficient, measure_footprint, saved_tensor_report
+    from ebnn.memeff import make_memory_efficient
+    from ebnn.memeff_measure import measure_footprint, saved_tensor_report
     from ebnn.model import build_model
     from ebnn.spec import load_spec
 
@@ -115,7 +116,7 @@ def _subprocess(preset: str, batch: int, efficient: bool) -> dict:
 
 
 def memory_part(results: dict) -> None:
-    from ebnn.memeff import choose_batch_size
+    from ebnn.memeff_measure import choose_batch_size
 
     rows = []
     for preset in PRESETS:
@@ -272,7 +273,7 @@ labels, the same in both modes):
 {markdown_table(blocks)}
 
 Largest batch size whose measured tensor peak fits `--max-train-memory {BUDGET}`
-(`ebnn.memeff.choose_batch_size`, {BUDGET} = {64 * MB} bytes; *search s* is how long
+(`ebnn.memeff_measure.choose_batch_size`, {BUDGET} = {64 * MB} bytes; *search s* is how long
 the search took):
 
 {markdown_table(choice)}

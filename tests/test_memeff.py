@@ -17,16 +17,18 @@ from torch.nn import functional as F
 
 from ebnn.layers import ConvBlock, DenseBlock
 from ebnn.memeff import (
-    choose_batch_size,
     is_memory_efficient,
     make_memory_efficient,
     make_standard,
-    measure_footprint,
     pack_bits,
-    parse_bytes,
-    saved_tensor_report,
     unpack_bits,
     unpack_signs,
+)
+from ebnn.memeff_measure import (
+    choose_batch_size,
+    measure_footprint,
+    parse_bytes,
+    saved_tensor_report,
 )
 from ebnn.model import BNN, build_model
 from ebnn.spec import ModelSpec, load_spec

@@ -90,7 +90,7 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
     if args.max_train_memory:
         from dataclasses import replace
 
-        from .memeff import choose_batch_size
+        from .memeff_measure import choose_batch_size
 
         # The memory limit is per process; the batch size is global.
         batch = world * choose_batch_size(spec, args.max_train_memory,

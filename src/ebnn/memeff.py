@@ -81,20 +81,11 @@ from torch.nn import functional as F
 
 from . import distributed as _ddp
 from .layers import ConvBlock, DenseBlock, OutputBlock
-from .memeff_measure import (
-    Footprint,
-    SavedReport,
-    choose_batch_size,
-    measure_footprint,
-    parse_bytes,
-    saved_tensor_report,
-)
 from .model import BNN
 
 __all__ = [
-    "Footprint", "SavedReport", "choose_batch_size", "is_memory_efficient",
-    "make_memory_efficient", "make_standard", "measure_footprint", "pack_bits",
-    "parse_bytes", "saved_tensor_report", "unpack_bits", "unpack_signs",
+    "is_memory_efficient", "make_memory_efficient", "make_standard", "pack_bits",
+    "unpack_bits", "unpack_signs",
 ]
 
 _BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .memeff import make_memory_efficient, make_standard
 from .model import BNN, build_model
 from .spec import ModelSpec, load_spec
 
@@ -201,8 +202,6 @@ def measure_footprint(spec: ModelSpec | str | BNN, batch_size: int, *,
     to ``None`` (as ``zero_grad`` does) to the end of the optimizer step. A model passed
     in is copied, never changed. CPU only: it counts the CPU allocator's events.
     """
-    from .memeff import make_memory_efficient, make_standard
-
     torch.manual_seed(seed)
     model = _as_model(spec)
     (make_memory_efficient if memory_efficient else make_standard)(model)
