@@ -238,12 +238,12 @@ def test_first_layer_paths(tmp_path):
 # target: (word bits, mode, early-exit interval or 0, popcount) per build; 8-bit words with
 # the byte table take the AVR assembly kernel.
 EMULATED = {
-    "cortex-m0plus": [(32, "fused", 0, "SWAR"), (16, "materialized", 2, "BYTE_TABLE"),
-                      (8, "fused", 1, "SWAR")],
-    "cortex-m4": [(8, "fused", 0, "SWAR"), (16, "fused", 1, "BUILTIN"),
-                  (32, "materialized", 4, "SWAR")],
-    "atmega328p": [(8, "fused", 0, "BYTE_TABLE"), (8, "materialized", 1, "BYTE_TABLE"),
-                   (16, "fused", 2, "SWAR")],
+    "cortex-m0plus": [(32, "fused", 0, "swar"), (16, "materialized", 2, "byte_table"),
+                      (8, "fused", 1, "swar")],
+    "cortex-m4": [(8, "fused", 0, "swar"), (16, "fused", 1, "builtin"),
+                  (32, "materialized", 4, "swar")],
+    "atmega328p": [(8, "fused", 0, "byte_table"), (8, "materialized", 1, "byte_table"),
+                   (16, "fused", 2, "swar")],
 }
 
 

@@ -208,8 +208,8 @@ def test_hostc_and_square_c_calls(models, tmp_path):
     assert "_hw(" not in export.source.read_text()
 
 
-EMULATED = {"cortex-m0plus": [(32, "fused", 0, "SWAR"), (16, "materialized", 1, "SWAR")],
-            "atmega328p": [(8, "fused", 0, "BYTE_TABLE"), (8, "materialized", 1, "BYTE_TABLE")]}
+EMULATED = {"cortex-m0plus": [(32, "fused", 0, "swar"), (16, "materialized", 1, "swar")],
+            "atmega328p": [(8, "fused", 0, "byte_table"), (8, "materialized", 1, "byte_table")]}
 
 
 @pytest.mark.slow

@@ -132,12 +132,14 @@ def emulation_available(target: str) -> bool:
 def check_emulated(model: IntegerModel, x: np.ndarray, target: str,
                    build: tuple[int, str, int, str], out_dir: Path) -> None:
     """Export ``model`` with ``build`` = (word bits, mode, early-exit interval in words or 0
-    for none, popcount variant), cross-compile it for ``target``, run ``x`` in the
-    emulator and assert the engine's scores (NumPy reference), no compiler warnings and a
-    measured stack within the header's bound."""
+    for none, popcount variant: a key of :data:`ebnn.targets.popcount.VARIANTS`),
+    cross-compile it for ``target``, run ``x`` in the emulator and assert the engine's
+    scores (NumPy reference), no compiler warnings and a measured stack within the header's
+    bound."""
     from .codegen import export_c
     from .engine import scores, to_hwc
     from .targets import Harness, build_harness, run
+    from .targets.popcount import VARIANTS
 
     word_bits, mode, every, popcount = build
     export = export_c(model, out_dir / "src", word_bits=word_bits, modes=mode,
@@ -146,7 +148,7 @@ def check_emulated(model: IntegerModel, x: np.ndarray, target: str,
                       export.memory.input_bytes, model.classes,
                       includes=(f"{export.name}_model.h",), batch=len(x))
     app = build_harness(harness, [export.source], [export.out_dir], target, out_dir / "app",
-                        defines={f"EBNN_POPCOUNT_{popcount}": None})
+                        defines={VARIANTS[popcount]: None})
     assert app.warnings == "", app.warnings
     results = run(app, [img.tobytes() for img in to_hwc(model, x)])
     np.testing.assert_array_equal(np.array([r.outputs for r in results]),
