@@ -239,3 +239,56 @@ def test_cli_float_teacher_then_student(tmp_path, capsys):
     capsys.readouterr()
     assert main(["fold", str(teacher), "--out", str(tmp_path / "t.ebnn")]) == 2
     assert "cannot be folded" in capsys.readouterr().err
+
+
+def test_approxsign_changes_the_backward_only():
+    """Bi-Real Net's 2-2|x| inside [-1, 1], 0 outside; the forward pass is sign's."""
+    from ebnn.layers import sign
+
+    x = torch.tensor([-1.5, -1.0, -0.5, 0.0, 0.25, 1.0, 2.0], requires_grad=True)
+    y = sign(x, "approxsign")
+    y.sum().backward()
+    assert torch.equal(y, sign(x.detach()))
+    torch.testing.assert_close(x.grad, torch.tensor([0.0, 0.0, 1.0, 2.0, 1.5, 0.0, 0.0]))
+    x.grad = None
+    sign(x).sum().backward()  # the straight-through estimator: 1 on |x| <= 1
+    torch.testing.assert_close(x.grad, torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]))
+
+
+def test_approxsign_trains_and_folds_bit_exact(digits, tmp_path):
+    """The option changes training (other weights than the straight-through estimator's
+    from the same seed), the loss falls, and the folded model is the checkpoint's (same
+    forward pass): engine and PyTorch agree on every image."""
+    ds, tr, va = digits
+    spec = ModelSpec.from_dict(SMALL)
+    cfg = TrainConfig(epochs=3, batch_size=32, activation_gradient="approxsign", threads=1)
+    r = train(spec, tr, va, cfg, tmp_path / "a.pt", progress=False)
+    ste = train(spec, tr, va, TrainConfig(epochs=1, batch_size=32, threads=1),
+                tmp_path / "s.pt", progress=False)
+    one = train(spec, tr, va, TrainConfig(epochs=1, batch_size=32, threads=1,
+                                          activation_gradient="approxsign"),
+                tmp_path / "a1.pt", progress=False)
+    w = "blocks.0.conv.weight"
+    assert not torch.equal(ste.model.state_dict()[w], one.model.state_dict()[w])
+    assert r.history[-1]["loss"] < r.history[0]["loss"]
+    assert r.history[-1]["val_accuracy"] > 0.8
+    ck = load_checkpoint(tmp_path / "a.pt")
+    assert ck.meta["config"]["activation_gradient"] == "approxsign"
+    model = fold(ck.model)
+    with torch.no_grad():
+        torch_pred = r.model.eval()(torch.as_tensor(va.x)).argmax(1).numpy()
+    np.testing.assert_array_equal(engine.predict(model, va.x), torch_pred)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--activation-gradient", "approxsign", "--memory-efficient"],
+     "keeps only the straight-through mask"),
+    (["--activation-gradient", "approxsign", "--float"], "has no sign to differentiate"),
+])
+def test_approxsign_with_what_cannot_take_it_is_a_cli_error(tmp_path, capsys, extra, message):
+    from ebnn.testing import cli_error_line
+
+    line = cli_error_line(capsys, ["train", "--data", "digits", "--model", "digits",
+                                   "--epochs", "1", *extra, "--out", str(tmp_path / "m.pt")])
+    assert message in line
+    assert not (tmp_path / "m.pt").exists()

@@ -2,7 +2,13 @@
 
 * :func:`sign` is the BNN sign with the straight-through estimator: forward gives
   ``+1`` for ``x >= 0`` (so ``sign(0) = +1``) and ``-1`` otherwise; backward passes the
-  gradient where ``|x| <= 1`` and cancels it elsewhere (Hubara et al. 2016).
+  gradient where ``|x| <= 1`` and cancels it elsewhere (Hubara et al. 2016). With
+  ``gradient="approxsign"`` the backward is Bi-Real Net's (Liu et al. 2018) piecewise
+  quadratic ``2 - 2|x|`` on ``|x| <= 1``, the derivative of a smooth curve through
+  sign's two values, so pre-activations near the threshold learn faster than ones that
+  are almost decided. Blocks choose theirs by ``activation_gradient`` (weights always
+  take the straight-through one); :meth:`ebnn.model.BNN.set_activation_gradient` sets it
+  on every block.
 * :class:`BinaryConv2d` and :class:`BinaryLinear` keep real-valued *latent* weights and
   use their sign in the forward pass. Latent weights are clipped to ``[-1, 1]`` after
   every optimizer step of **any** ``torch.optim`` optimizer: importing this module
@@ -40,9 +46,21 @@ class _SignSTE(torch.autograd.Function):
         return grad * (x.abs() <= 1).to(grad.dtype)
 
 
-def sign(x: Tensor) -> Tensor:
-    """Binarize to ±1 with the straight-through estimator (sign(0) = +1)."""
-    return _SignSTE.apply(x)
+class _SignApprox(_SignSTE):
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * (2.0 - 2.0 * x.abs()).clamp_(min=0.0)
+
+
+#: Backward rules of the activation sign (see the module docstring).
+ACTIVATION_GRADIENTS = {"ste": _SignSTE, "approxsign": _SignApprox}
+
+
+def sign(x: Tensor, gradient: str = "ste") -> Tensor:
+    """Binarize to ±1 (sign(0) = +1); ``gradient`` is the backward rule, the
+    straight-through estimator by default (see the module docstring)."""
+    return ACTIVATION_GRADIENTS[gradient].apply(x)
 
 
 class Sign(nn.Module):
@@ -134,12 +152,18 @@ class ConvBlock(nn.Module):
         self.pool = nn.MaxPool2d(_square(pool)) if pool != (1, 1) else nn.Identity()
         self.bn = nn.BatchNorm2d(filters)
 
+    activation_gradient = "ste"  # the backward of the output sign (ACTIVATION_GRADIENTS)
+
     def preactivation(self, x: Tensor) -> Tensor:
         """Batch-norm output before the sign; its sign is the block's output bit."""
         return self.bn(self.pool(self.conv(x)))
 
+    def binarize(self, pre: Tensor) -> Tensor:
+        """The block's output bits (±1) from its pre-activation."""
+        return sign(pre, self.activation_gradient)
+
     def forward(self, x: Tensor) -> Tensor:
-        return sign(self.preactivation(x))
+        return self.binarize(self.preactivation(x))
 
 
 def _square(v: tuple[int, int]) -> int | tuple[int, int]:
@@ -154,11 +178,16 @@ class DenseBlock(nn.Module):
         self.linear = BinaryLinear(in_features, units)
         self.bn = nn.BatchNorm1d(units)
 
+    activation_gradient = "ste"
+
     def preactivation(self, x: Tensor) -> Tensor:
         return self.bn(self.linear(x.flatten(1)))
 
+    def binarize(self, pre: Tensor) -> Tensor:
+        return sign(pre, self.activation_gradient)
+
     def forward(self, x: Tensor) -> Tensor:
-        return sign(self.preactivation(x))
+        return self.binarize(self.preactivation(x))
 
 
 class OutputBlock(nn.Module):

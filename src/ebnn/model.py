@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import ConvBlock, DenseBlock, OutputBlock, sign
+from .layers import ConvBlock, DenseBlock, OutputBlock
 from .spec import ModelSpec
 
 
@@ -69,8 +69,19 @@ class BNN(nn.Module):
         for block in self.blocks[:-1]:
             pre = block.preactivation(x)
             out.append(pre)
-            x = sign(pre)
+            x = block.binarize(pre)
         return out
+
+    def set_activation_gradient(self, name: str) -> None:
+        """The backward rule of every block's output sign: ``"ste"`` or ``"approxsign"``
+        (:mod:`ebnn.layers`). Training only; the forward pass and folding do not change."""
+        from .layers import ACTIVATION_GRADIENTS
+
+        if name not in ACTIVATION_GRADIENTS:
+            raise ValueError(f"unknown activation gradient {name!r}; use one of "
+                             f"{', '.join(ACTIVATION_GRADIENTS)}")
+        for block in self.blocks[:-1]:
+            block.activation_gradient = name
 
 
 def build_model(spec: ModelSpec, offset: Sequence[int] | None = None, scale: float = 1.0) -> BNN:

@@ -19,6 +19,11 @@ off by default; BENCHMARKS.md (section ``accuracy``) measures which ones help sm
   statistics that differ from batch to batch. In memory-efficient training these epochs
   run the standard (not the compact) backward: :mod:`ebnn.memeff` computes its compact
   gradients only for batch statistics.
+* ``activation_gradient``: the backward rule of the activations' sign, ``"ste"`` (the
+  BNN paper's straight-through estimator, the default) or ``"approxsign"`` (Bi-Real
+  Net's piecewise quadratic; :mod:`ebnn.layers`). The forward pass, and so the folded
+  model, is the same. Not with memory-efficient training, whose compact backward keeps
+  only the straight-through mask.
 * ``teacher`` and friends: knowledge distillation, see :mod:`ebnn.distill`.
 """
 
@@ -39,7 +44,7 @@ if TYPE_CHECKING:
 RECIPE_DEFAULTS: dict[str, Any] = {
     "teacher": "", "teacher_model": "", "teacher_epochs": 0, "float_model": False,
     "label_smoothing": 0.0, "augment_rotate": 0.0, "augment_scale": 0.0,
-    "augment_flip": False, "bn_freeze_epochs": 0,
+    "augment_flip": False, "bn_freeze_epochs": 0, "activation_gradient": "ste",
 }
 
 
@@ -69,6 +74,17 @@ def check_recipe(cfg: TrainConfig) -> None:
         raise ValueError(f"--augment-rotate must be 0..180 degrees, got {cfg.augment_rotate}")
     if not (finite(cfg.augment_scale) and 0 <= cfg.augment_scale < 1):
         raise ValueError(f"--augment-scale must be in [0, 1), got {cfg.augment_scale}")
+    from .layers import ACTIVATION_GRADIENTS
+
+    if cfg.activation_gradient not in ACTIVATION_GRADIENTS:
+        raise ValueError(f"--activation-gradient must be one of "
+                         f"{', '.join(ACTIVATION_GRADIENTS)}, got {cfg.activation_gradient!r}")
+    if cfg.activation_gradient != "ste" and cfg.memory_efficient:
+        raise ValueError("--memory-efficient keeps only the straight-through mask for the "
+                         "backward: use --activation-gradient ste with it")
+    if cfg.activation_gradient != "ste" and cfg.float_model:
+        raise ValueError("a float network has no sign to differentiate (--activation-gradient "
+                         "with --float)")
     if not 0 <= cfg.bn_freeze_epochs < cfg.epochs:
         raise ValueError(f"--bn-freeze-epochs must be in 0..epochs-1 ({cfg.epochs - 1}), got "
                          f"{cfg.bn_freeze_epochs}")
@@ -125,6 +141,9 @@ def add_recipe_arguments(p: Any) -> None:
                         "that look the same mirrored, e.g. clothing; not digits)")
     p.add_argument("--bn-freeze-epochs", type=int, default=0, metavar="N",
                    help="last N epochs with batch norm frozen at its running statistics")
+    p.add_argument("--activation-gradient", choices=("ste", "approxsign"), default="ste",
+                   help="backward of the activations' sign: the straight-through estimator "
+                        "(default) or Bi-Real Net's approximation 2-2|x|")
 
 
 def recipe_options(args: Any) -> dict[str, Any]:
@@ -134,4 +153,5 @@ def recipe_options(args: Any) -> dict[str, Any]:
             "distill_temperature": args.distill_temperature,
             "label_smoothing": args.label_smoothing, "augment_rotate": args.augment_rotate,
             "augment_scale": args.augment_scale, "augment_flip": args.augment_flip,
-            "bn_freeze_epochs": args.bn_freeze_epochs}
+            "bn_freeze_epochs": args.bn_freeze_epochs,
+            "activation_gradient": args.activation_gradient}

@@ -60,7 +60,6 @@ from . import distributed as ddp
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Dataset, normalization
 from .distill import FLOAT_META, distillation_loss, float_twin, prepare_teacher, teacher_scores
-from .layers import sign
 from .model import BNN, build_model
 from .recipe import RECIPE_DEFAULTS, augment, augmenting, check_recipe, freeze_batch_norm
 from .spec import ModelSpec
@@ -93,7 +92,8 @@ class TrainConfig:
     ``distill_temperature`` configure knowledge distillation (:mod:`ebnn.distill`);
     ``float_model`` trains the float twin instead of the BNN (a teacher);
     ``label_smoothing``, ``augment_rotate``, ``augment_scale``, ``augment_flip`` and
-    ``bn_freeze_epochs`` are the recipe options of :mod:`ebnn.recipe`.
+    ``bn_freeze_epochs`` and ``activation_gradient`` are the recipe options of
+    :mod:`ebnn.recipe`.
     """
 
     epochs: int = 30
@@ -126,6 +126,7 @@ class TrainConfig:
     augment_scale: float = 0.0
     augment_flip: bool = False
     bn_freeze_epochs: int = 0
+    activation_gradient: str = "ste"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -215,7 +216,7 @@ def _loss(name: str, scores: Tensor, y: Tensor, label_smoothing: float = 0.0) ->
 def _forward_with_preactivations(model: BNN, x: Tensor) -> tuple[Tensor, list[Tensor]]:
     """Scores and the binary blocks' pre-activations in one pass (same result as forward)."""
     pres = model.preactivations(x)
-    h = sign(pres[-1]) if pres else model.normalize(x)
+    h = model.blocks[len(pres) - 1].binarize(pres[-1]) if pres else model.normalize(x)
     return model.blocks[-1](h), pres
 
 
@@ -412,6 +413,8 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
     offsets, scale = normalization(np.asarray(train_ds.x))
     model = float_twin(spec, offsets, scale) if cfg.float_model else \
         build_model(spec, offsets, scale)
+    if not cfg.float_model:
+        model.set_activation_gradient(cfg.activation_gradient)
     if teacher is not None:
         teacher.to(device)
     if cfg.memory_efficient:
