@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -236,7 +237,10 @@ def main() -> int:
                  "the recipe and the shapes; spec files are the blocks shown:\n\n"
                  + screen_table() + "\n\nThe same for Fashion-MNIST (seed 0, the 60,000-image "
                  "training set less its validation split):\n\n"
-                 + screen_table(FASHION_SCREEN, "fashion-2kb"))
+                 + screen_table(FASHION_SCREEN, "fashion-2kb")
+                 + "\n\nThe training itself, at seeds 0-2 (mnist-2kb-wide, MNIST, 30 epochs, "
+                 "1-pixel shifts; `baseline` is the table's first row):\n\n"
+                 + seed_screen_table())
     if args.no_write:
         print(body)
     else:
@@ -277,13 +281,19 @@ FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
          "bn_freeze_epochs": "--bn-freeze-epochs", "teacher": "--teacher",
          "teacher_model": "--teacher-model", "teacher_epochs": "--teacher-epochs",
          "distill_alpha": "--distill-alpha", "distill_temperature": "--distill-temperature",
+         "activation_gradient": "--activation-gradient",
          "val_fraction": "--val-fraction", "seed": "--seed", "threads": "--threads"}
+#: The three-seed screen of the training itself on mnist-2kb-wide (MNIST, 30 epochs):
+#: learning rate, batch size, Bi-Real's sign gradient, and the 6x6 map before the dense
+#: layer. Checkpoints ``build/accuracy/scr/<stem>-s<seed>.pt``; a stem shows the seeds that
+#: finished (a stem stopped after a first seed clearly below the baseline shows one).
+SEED_SCREEN = ["baseline", "lr3e-3", "lr5e-3", "lr3e-2", "lr1e-3", "bs32", "bs128", "as",
+               "lr3as", "c32s"]
 
 
-def screen_table(names: list[str] = SCREEN, goal: str = "mnist-fast") -> str:
-    """Seed-0 test accuracy of every finished screen run in ``names``, with the options it
-    was trained with (read back from its checkpoint: the command is ``ebnn train`` with
-    ``goal``'s data options, ``--model M`` and these options)."""
+def _screen_run(path: Path, test: Any) -> dict[str, Any] | None:
+    """Model, options and test accuracy of a finished run (``None`` if unfinished): the
+    command is ``ebnn train`` with the data options, ``--model M`` and these options."""
     from ebnn import engine
     from ebnn.checkpoint import load_checkpoint
     from ebnn.fold import fold
@@ -291,26 +301,56 @@ def screen_table(names: list[str] = SCREEN, goal: str = "mnist-fast") -> str:
     from ebnn.spec import PRESETS
     from ebnn.train import TrainConfig
 
-    test = test_set(goal)
+    if not path.exists():
+        return None
+    ck = load_checkpoint(path)
+    cfg = ck.meta["config"]
+    if not _finished(path, ["--epochs", str(cfg["epochs"])]):
+        return None
+    spec = ck.spec
+    model = spec.name if spec.name in PRESETS else describe(spec)
     default = TrainConfig()
+    teacher_off = not cfg.get("teacher")
+    opts = [flag if cfg[k] is True else f"{flag} {cfg[k]}" for k, flag in FLAGS.items()
+            if k in cfg and cfg[k] != getattr(default, k) and k not in ("threads", "seed")
+            and not (teacher_off and k.startswith("distill"))]
+    return {"model": f"`{model}`", "options": " ".join(opts),
+            "accuracy": float(engine.accuracy(fold(ck.model), test.x, test.y))}
+
+
+def screen_table(names: list[str] = SCREEN, goal: str = "mnist-fast") -> str:
+    """Seed-0 test accuracy of every finished screen run in ``names``, with the options it
+    was trained with (read back from its checkpoint)."""
+    test = test_set(goal)
     rows = []
     for name in names:
-        path = OUT / f"{name}.pt"
-        if not path.exists():
+        run = _screen_run(OUT / f"{name}.pt", test)
+        if run:
+            rows.append({"run": name, "model": run["model"], "options": run["options"],
+                         "test accuracy %": _pct(run["accuracy"])})
+    return markdown_table(rows)
+
+
+def seed_screen_table(stems: list[str] = SEED_SCREEN, goal: str = "mnist-2kb") -> str:
+    """Mean, range and per-seed test accuracy of each stem of :data:`SEED_SCREEN` over
+    the seeds that finished; ``baseline`` is the goal's baseline runs."""
+    test = test_set(goal)
+    rows = []
+    for stem in stems:
+        runs = []
+        for seed in SEEDS:
+            path = (OUT / f"{goal}-baseline-s{seed}.pt" if stem == "baseline"
+                    else OUT / "scr" / f"{stem}-s{seed}.pt")
+            runs.append(_screen_run(path, test))
+        done = [r for r in runs if r]
+        if not done:
             continue
-        ck = load_checkpoint(path)
-        cfg = ck.meta["config"]
-        if not _finished(path, ["--epochs", str(cfg["epochs"])]):
-            continue
-        spec = ck.spec
-        model = spec.name if spec.name in PRESETS else describe(spec)
-        teacher_off = not cfg.get("teacher")
-        opts = [flag if cfg[k] is True else f"{flag} {cfg[k]}" for k, flag in FLAGS.items()
-                if k in cfg and cfg[k] != getattr(default, k) and k != "threads"
-                and not (teacher_off and k.startswith("distill"))]
-        acc = engine.accuracy(fold(ck.model), test.x, test.y)
-        rows.append({"run": name, "model": f"`{model}`", "options": " ".join(opts),
-                     "test accuracy %": _pct(float(acc))})
+        accs = [r["accuracy"] for r in done]
+        rows.append({"run": stem, "model": done[0]["model"], "options": done[0]["options"],
+                     "seeds": str(len(done)),
+                     "test accuracy % (mean, min-max)":
+                         f"{_pct(sum(accs) / len(accs))} ({_pct(min(accs))}-{_pct(max(accs))})",
+                     "per seed": " / ".join(_pct(r["accuracy"]) if r else "-" for r in runs)})
     return markdown_table(rows)
 
 
