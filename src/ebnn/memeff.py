@@ -10,7 +10,8 @@ trains the same :class:`~ebnn.model.BNN` while every block keeps for backward on
   byte (:func:`pack_bits`); the first block keeps the raw ``uint8`` input (1 byte per
   value), never the normalised floats;
 * the **sign-STE mask** ``|y| <= 1`` of its batch-norm output ``y``, packed 8 per byte
-  (the output block has no sign and keeps no mask);
+  (the output block has no sign and keeps no mask); with Bi-Real's ``approxsign``
+  gradient (:mod:`ebnn.layers`) no mask: backward recomputes ``y`` itself;
 * the **batch-norm batch statistics** (mean and 1/std: two floats per channel);
 * a reference to its latent weights (parameters: no new memory).
 
@@ -337,14 +338,18 @@ class _FusedBlock(torch.autograd.Function):
         y, mean, invstd, count = _bn_train(block.bn, pooled)
         del pooled
         mask = None
+        approx = getattr(block, "activation_gradient", "ste") == "approxsign"
         if not isinstance(block, OutputBlock):
-            mask = pack_bits(torch.logical_and(y >= -1, y <= 1))  # |y| <= 1, no float temp
+            if not approx:
+                mask = pack_bits(torch.logical_and(y >= -1, y <= 1))  # |y| <= 1, no float temp
             bits = pack_bits(y >= 0)
             y = y.ge_(0).mul_(2).sub_(1)  # sign in place: +1 for y >= 0, else -1
             # The next block keeps these bits as its input instead of checking and packing
             # the ±1 floats again; the version guards against in-place changes in between.
             setattr(y, _BITS_TAG, (y._version, bits))
-        ctx.save_for_backward(kept.tensor, weight, gamma, mask, mean, invstd)
+        ctx.save_for_backward(kept.tensor, weight, gamma, beta if approx else None, mask, mean,
+                              invstd)
+        ctx.approx = approx and not isinstance(block, OutputBlock)
         kept.tensor = None  # the autograd graph holds it (and counts it)
         ctx.kept, ctx.block, ctx.chunk, ctx.count = kept, block, chunk, count
         ctx.bias_mask = (gamma is not None, beta is not None)
@@ -353,7 +358,7 @@ class _FusedBlock(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        stored, weight, gamma, mask, mean, invstd = ctx.saved_tensors
+        stored, weight, gamma, beta, mask, mean, invstd = ctx.saved_tensors
         kept: _Kept = ctx.kept
         kept.tensor = stored
         block: nn.Module = ctx.block
@@ -366,6 +371,9 @@ class _FusedBlock(torch.autograd.Function):
             # Sign STE: pass the gradient where |y| <= 1, as layers._SignSTE does (which
             # multiplies by the 0/1 mask; only the sign of zeros can differ).
             g = grad[i:j]
+            if ctx.approx:  # layers._SignApprox: 2 - 2|y| from the recomputed BN output
+                return g * (2.0 - 2.0 * _bn_output(pooled[i:j], mean, invstd, gamma,
+                                                   beta).abs()).clamp_(min=0.0)
             return g if mask is None else torch.where(unpack_bits(mask[i:j], g.shape), g, 0.0)
 
         # Recompute the batch-norm input from the kept input (and the pooling arg-max).
@@ -396,6 +404,16 @@ class _FusedBlock(torch.autograd.Function):
         g_w = g_wb.masked_fill_(weight.abs() > 1, 0.0)
         return (g_x, g_w, g_gamma if ctx.bias_mask[0] else None,
                 g_beta if ctx.bias_mask[1] else None, None, None)
+
+
+def _bn_output(pooled: Tensor, mean: Tensor, invstd: Tensor, gamma: Tensor | None,
+               beta: Tensor | None) -> Tensor:
+    """The training batch norm's output again, from its input and batch statistics."""
+    view = (1, pooled.shape[1]) + (1,) * (pooled.dim() - 2)
+    y = (pooled - mean.view(view)) * invstd.view(view)
+    if gamma is not None:
+        y = y * gamma.view(view)
+    return y if beta is None else y + beta.view(view)
 
 
 def _bn_backward_chunked(g_out: Callable[[int, int], Tensor], pooled: Tensor, mean: Tensor,

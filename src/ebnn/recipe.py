@@ -22,8 +22,8 @@ off by default; BENCHMARKS.md (section ``accuracy``) measures which ones help sm
 * ``activation_gradient``: the backward rule of the activations' sign, ``"ste"`` (the
   BNN paper's straight-through estimator, the default) or ``"approxsign"`` (Bi-Real
   Net's piecewise quadratic; :mod:`ebnn.layers`). The forward pass, and so the folded
-  model, is the same. Not with memory-efficient training, whose compact backward keeps
-  only the straight-through mask.
+  model, is the same; memory-efficient training recomputes the batch-norm output for it
+  instead of keeping the straight-through mask.
 * ``teacher`` and friends: knowledge distillation, see :mod:`ebnn.distill`.
 """
 
@@ -79,9 +79,6 @@ def check_recipe(cfg: TrainConfig) -> None:
     if cfg.activation_gradient not in ACTIVATION_GRADIENTS:
         raise ValueError(f"--activation-gradient must be one of "
                          f"{', '.join(ACTIVATION_GRADIENTS)}, got {cfg.activation_gradient!r}")
-    if cfg.activation_gradient != "ste" and cfg.memory_efficient:
-        raise ValueError("--memory-efficient keeps only the straight-through mask for the "
-                         "backward: use --activation-gradient ste with it")
     if cfg.activation_gradient != "ste" and cfg.float_model:
         raise ValueError("a float network has no sign to differentiate (--activation-gradient "
                          "with --float)")
