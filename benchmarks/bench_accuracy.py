@@ -48,7 +48,7 @@ FASHION = ["--data", "fashion-mnist"]  # the Debian package's files (ebnn.data.s
 # Fashion-MNIST: one float small-conv teacher (8 epochs, seed 0; its command is in the
 # notes) for every seed, as training a teacher per seed on 54,000 images costs as much
 # as the student.
-RECIPE = ["--bn-freeze-epochs", "5"]
+RECIPE = ["--activation-gradient", "approxsign"]  # Bi-Real's gradient of the sign
 DISTILL = ["--teacher", "float", "--teacher-model", "small-conv", "--teacher-epochs", "15"]
 FASHION_TEACHER = ["ebnn", "train", "--data", "fashion-mnist", "--model", "small-conv",
                    "--float", "--epochs", "8", "--batch-size", "128", "--seed", "0",
@@ -271,9 +271,10 @@ SCREEN = ["mcu-base-s0", "scr-mcu-kd-s0", "scr-mcu-kdbig-s0", "scr-mcu-kdT2-s0",
           "s2-c32-c64-c64s-d128-s0", "s2-c32-c32-d128-d128-s0", "s2-wide-e60-s0",
           "s2-wide-all-s0"]
 #: The same for Fashion-MNIST (``--data fashion-mnist``): more capacity in the second
-#: block than mnist-2kb within 2 KB of RAM, and mnist-2kb with mirrored images.
+#: block than mnist-2kb within 2 KB of RAM, mnist-2kb with mirrored images, and the
+#: 12-epoch recipe with Bi-Real's sign gradient on mnist-2kb and on a deeper shape.
 FASHION_SCREEN = ["f3-c32-c64k5-d128-s0", "f3-c32-c64-c64s-d128-s0", "fl-flip-s0",
-                  "fl-shift-flip-s0"]
+                  "fl-shift-flip-s0", "scr/f-as-s0", "scr/f-deepas-s0"]
 FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
          "augment_shift": "--augment-shift", "augment_rotate": "--augment-rotate",
          "augment_scale": "--augment-scale", "augment_flip": "--augment-flip",
@@ -283,12 +284,15 @@ FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
          "distill_alpha": "--distill-alpha", "distill_temperature": "--distill-temperature",
          "activation_gradient": "--activation-gradient",
          "val_fraction": "--val-fraction", "seed": "--seed", "threads": "--threads"}
-#: The three-seed screen of the training itself on mnist-2kb-wide (MNIST, 30 epochs):
-#: learning rate, batch size, Bi-Real's sign gradient, and the 6x6 map before the dense
-#: layer. Checkpoints ``build/accuracy/scr/<stem>-s<seed>.pt``; a stem shows the seeds that
-#: finished (a stem stopped after a first seed clearly below the baseline shows one).
-SEED_SCREEN = ["baseline", "lr3e-3", "lr5e-3", "lr3e-2", "lr1e-3", "bs32", "bs128", "as",
-               "lr3as", "c32s"]
+#: The three-seed screen of the training itself (MNIST, 30 epochs): the earlier recipe
+#: (batch norm frozen for the last 5 epochs, alone and with distillation; ``fast-``: on
+#: mnist-fast), learning rate, batch size, Bi-Real's sign gradient alone and with other
+#: options, and two shapes. Checkpoints ``build/accuracy/scr/<stem>-s<seed>.pt``; a stem
+#: shows the seeds that finished (one stopped after a first seed clearly below the
+#: baseline shows one or two).
+SEED_SCREEN = ["baseline", "bnf5", "bnf5kd", "lr3e-3", "lr5e-3", "lr3e-2", "lr1e-3", "bs32",
+               "bs128", "as", "lr3as", "c32s", "asbnf", "ase45", "asall", "asdeep",
+               "fast-bnf5", "fast-bnf5kd"]
 
 
 def _screen_run(path: Path, test: Any) -> dict[str, Any] | None:
