@@ -353,8 +353,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # mnist-fast with 32 uint8 filters: the most accurate MNIST model found within 2 KB of
     # peak RAM (input and stack included) and 32 KB of flash on the ATmega328P (issue #15):
     # 97.79 % (97.58-98.02, seeds 0-2; mnist-2kb: 97.70 %), 1,615 B peak RAM, 20.9 KB
-    # flash, 122 ms there (BENCHMARKS.md, section accuracy). Cheaper than mnist-2kb (1.2M
-    # binary MACs against 4.5M).
+    # flash, 122 ms there (BENCHMARKS.md, section accuracy); trained with
+    # `--activation-gradient approxsign`, 97.95 % (97.83-98.11). Cheaper than mnist-2kb
+    # (1.2M binary MACs against 4.5M).
     "mnist-2kb-wide": _preset("mnist-2kb-wide", [1, 28, 28], 10,
                               [_conv(32, 3, pool=2, same=False),
                                _conv(32, 3, pool=2, same=False),
