@@ -419,3 +419,37 @@ def test_augment_shift_moves_signals_in_time_only():
     assert moved > 0
     features = torch.full((4, 5, 1, 1), 7, dtype=torch.uint8)  # (F, 1, 1): never moved
     assert torch.equal(random_shift(features, 3), features)
+
+
+def test_search_reads_unequal_series_with_the_train_options(tmp_path, capsys):
+    """ebnn search takes --pad/--truncate/--series-length like train: a ragged file is a
+    one-line error without them and searches with them (stored in the study's key)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(48):
+        steps = 10 + i % 3  # lengths 10, 11 and 12
+        up = i % 2 == 0
+        a = np.linspace(0, 1, steps) * (1 if up else -1) + rng.normal(0, 0.1, steps)
+        b = rng.normal(0, 0.1, steps)
+        rows.append(",".join(f"{v:.3f}" for v in a) + ":" + ",".join(f"{v:.3f}" for v in b)
+                    + (":up" if up else ":down"))
+    header = HEADER.replace("@equalLength true", "@equalLength false").replace(
+        "@seriesLength 3\n", "")
+    ragged = write(tmp_path, "ragged.ts", header + "\n".join(rows) + "\n")
+    common = ["search", "--data", str(ragged), "--ram", "4KB", "--flash", "64KB",
+              "--trials", "1", "--epochs", "1", "--no-final", "--max-conv-blocks", "1",
+              "--max-dense-blocks", "1", "--filters", "8", "--kernels", "3", "--units", "16",
+              "--threads", "1"]
+    line = cli_error_line(capsys, [*common, "--out", str(tmp_path / "no")])
+    assert "ragged.ts" in line and "--pad" in line
+    assert main([*common, "--pad", "--out", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "1 trials trained" in out
+    from ebnn.search.config import SearchConfig, load_split
+
+    cfg = SearchConfig(data=str(ragged), out=tmp_path / "x", ram="4KB", flash="64KB",
+                       series=SeriesOptions(pad=True))
+    ds, _, _ = load_split(cfg)
+    assert ds.input_shape == (2, 1, 12)  # padded to the longest series
+    assert cfg.study_key(cfg.budget())["series"] == {"length": None, "pad": True,
+                                                     "truncate": False}

@@ -43,9 +43,12 @@ def add_search_parser(sub: Any) -> None:
                     "1.5KiB (K = 1024 bytes). Rerun the same command to resume.")
     p.add_argument("--data", required=True, metavar="SRC",
                    help="a named source (digits, mnist, fashion-mnist, cifar10, svhn) or a "
-                        ".npz/.csv file or IDX directory")
+                        ".npz/.csv/.ts file or IDX directory")
     p.add_argument("--data-dir", metavar="DIR", help="where a named source's files are")
     p.add_argument("--test-data", metavar="PATH", help="test file for path data sources")
+    from ..data import add_series_arguments
+
+    add_series_arguments(p)
     p.add_argument("--ram", required=True, metavar="SIZE",
                    help="peak RAM budget: static buffers + input + stack (e.g. 2KB)")
     p.add_argument("--flash", required=True, metavar="SIZE",
@@ -123,6 +126,7 @@ def _recipe(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from ..data import series_options
     from .runner import SearchConfig, front_table, search
     from .space import SearchSpace
 
@@ -142,7 +146,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                        prune_after=args.prune_after, final=not args.no_final,
                        threads=args.threads, progress=args.progress,
                        heartbeat=args.heartbeat, recipe=_recipe(args),
-                       start_from=args.start_from)
+                       start_from=args.start_from, **series_options(args))
     result = search(cfg)
     print(f"{result.trained} trials trained in {result.seconds:.0f} s; Pareto front "
           f"({result.out / 'pareto.md'}):\n")

@@ -7,10 +7,11 @@ Both the trial workers (:mod:`ebnn.search.runner`) and the final training
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..data.timeseries import SeriesOptions
 from .budget import Budget
 from .space import SearchSpace
 from .storage import HEARTBEAT_S
@@ -33,9 +34,10 @@ class SearchConfig:
     measurement. The first ``seed_trials`` (0 or 1) trial is the feasible candidate with
     the most operations (:mod:`ebnn.search.census`). ``start_from`` names presets or spec
     files whose shapes are queued next, so that known good models are trained and the
-    sampler explores around them. A worker gives up after
-    ``max_rejected`` rejected candidates in a row. ``heartbeat`` is the seconds between a
-    running trial's heartbeats (:mod:`ebnn.search.storage`).
+    sampler explores around them. A worker gives up after ``max_rejected`` rejected
+    candidates in a row. ``series`` and ``channels`` read signals as ``ebnn train`` does
+    (:meth:`data_options`). ``heartbeat`` is the seconds between a running trial's
+    heartbeats (:mod:`ebnn.search.storage`).
     """
 
     data: str
@@ -58,6 +60,8 @@ class SearchConfig:
     seed: int = 0
     data_dir: str | None = None
     test_data: str | None = None
+    series: SeriesOptions | None = None
+    channels: int | None = None
     word_bits: int | None = None
     space: SearchSpace = field(default_factory=SearchSpace)
     sampler: str = "tpe"
@@ -108,6 +112,11 @@ class SearchConfig:
                            augment_shift=self.augment_shift,
                            threads=self.threads if threads is None else threads, **self.recipe)
 
+    def data_options(self) -> dict[str, Any]:
+        """``series`` and ``channels`` as :func:`ebnn.data.load_dataset` keywords (the
+        signal options of ``ebnn train``: padding, truncation, CSV channels)."""
+        return {"series": self.series, "channels": self.channels}
+
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
 
@@ -125,7 +134,9 @@ class SearchConfig:
                 "augment_shift": self.augment_shift, "val_fraction": self.val_fraction,
                 "seed": self.seed, "word_bits": self.word_bits,
                 "space": self.effective_space().to_dict(),
-                **({"recipe": self.recipe} if self.recipe else {})}
+                **({"recipe": self.recipe} if self.recipe else {}),
+                **({"series": asdict(self.series)} if self.series else {}),
+                **({"channels": self.channels} if self.channels else {})}
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -133,7 +144,7 @@ def load_split(cfg: SearchConfig) -> tuple[Any, Any, Any]:
     """(full training set, training split, validation split)."""
     from ..data import load_dataset, train_val_split
 
-    ds = load_dataset(cfg.data, "train", cfg.data_dir)
+    ds = load_dataset(cfg.data, "train", cfg.data_dir, **cfg.data_options())
     tr, va = train_val_split(ds, cfg.val_fraction, cfg.seed)
     return ds, tr, va
 
@@ -144,11 +155,11 @@ def load_test(cfg: SearchConfig, ds: Any) -> Any | None:
 
     if cfg.test_data:
         return load_dataset(cfg.test_data, "test", quantizer=ds.quantizer,
-                            class_names=ds.class_names)
+                            class_names=ds.class_names, **cfg.data_options())
     if cfg.data in SOURCES:
         return load_dataset(cfg.data, "test", cfg.data_dir)
     try:
         return load_dataset(cfg.data, "test", cfg.data_dir, quantizer=ds.quantizer,
-                            class_names=ds.class_names)
+                            class_names=ds.class_names, **cfg.data_options())
     except DataError:
         return None
