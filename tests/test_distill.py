@@ -316,3 +316,40 @@ def test_memory_efficient_approxsign_gives_the_same_gradients(digits, chunk):
     torch.nn.functional.cross_entropy(ste(x), y).backward()
     w = "blocks.0.conv.weight"
     assert not torch.allclose(dict(ste.named_parameters())[w].grad, grads[0][w])
+
+
+def test_init_from_a_float_twin_keeps_its_signs_within_the_clip_range(digits, tmp_path, capsys):
+    """--init-from: the binary weights are the float twin's signs, every layer's latent
+    weights reach exactly 1 in magnitude, batch-norm affine parameters are copied and
+    running statistics reset; another shape is a one-line CLI error."""
+    from ebnn.model import build_model
+    from ebnn.recipe import initialise_from
+    from ebnn.testing import cli_error_line
+
+    ds, tr, va = digits
+    spec = ModelSpec.from_dict(SMALL)
+    twin = train(spec, tr, va, TrainConfig(epochs=2, batch_size=32, float_model=True,
+                                           threads=1), tmp_path / "twin.pt", progress=False)
+    model = build_model(spec)
+    initialise_from(model, str(tmp_path / "twin.pt"))
+    src = twin.model.state_dict()
+    for name, p in model.named_parameters():
+        if name.endswith("conv.weight") or name.endswith("linear.weight"):
+            assert torch.equal(torch.sign(p), torch.sign(src[name])), name
+            assert p.abs().max().item() == pytest.approx(1.0)
+        else:
+            assert torch.equal(p, src[name]), name
+    for name, b in model.named_buffers():
+        if name.endswith("running_mean"):
+            assert not b.any()
+    r = train(spec, tr, va, TrainConfig(epochs=2, batch_size=32, threads=1,
+                                        init_from=str(tmp_path / "twin.pt")),
+              tmp_path / "b.pt", progress=False)
+    assert r.best_val_accuracy > 0.8
+    assert load_checkpoint(tmp_path / "b.pt").meta["config"]["init_from"].endswith("twin.pt")
+
+    line = cli_error_line(capsys, ["train", "--data", "digits", "--model", "digits",
+                                   "--epochs", "1", "--init-from", str(tmp_path / "twin.pt"),
+                                   "--out", str(tmp_path / "other.pt")])
+    assert "has other blocks, input or classes than" in line
+    assert not (tmp_path / "other.pt").exists()

@@ -103,6 +103,10 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
         train_ds, val_ds = train_val_split(ds, config.val_fraction, config.seed)
     else:
         train_ds, val_ds = ds, None
+    if config.init_from:  # checked before the run starts
+        from .recipe import load_init_source
+
+        load_init_source(spec, config.init_from)
     procs = f" on {world} processes ({ctx.backend})" if world > 1 else ""
     say(f"training {spec.name} on {ds.name}{procs}: {len(train_ds)} train / "
         f"{len(val_ds) if val_ds is not None else 0} validation examples, "

@@ -169,7 +169,8 @@ def teacher_config(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, float_model=True, teacher="", teacher_model="",
                    epochs=cfg.teacher_epochs or cfg.epochs, teacher_epochs=0,
                    memory_efficient=False, early_exit_reg=0.0, verify_reg=0.0,
-                   bn_freeze_epochs=0, activation_gradient="ste", distill_alpha=0.5,
+                   bn_freeze_epochs=0, activation_gradient="ste", init_from="",
+                   distill_alpha=0.5,
                    distill_temperature=1.0)
 
 

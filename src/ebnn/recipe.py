@@ -24,6 +24,13 @@ off by default; BENCHMARKS.md (section ``accuracy``) measures which ones help sm
   Net's piecewise quadratic; :mod:`ebnn.layers`). The forward pass, and so the folded
   model, is the same; memory-efficient training recomputes the batch-norm output for it
   instead of keeping the straight-through mask.
+* ``init_from``: start from the weights of a checkpoint of the same shape, typically
+  its float twin (``ebnn train --float``): the two-stage training of Bi-Real Net and
+  Real-to-Binary, where a network with real weights is trained first and binarized
+  second. Each layer's weights are divided by their largest magnitude, which keeps
+  their signs (the binary weights) and puts them inside the latent clip range
+  ``[-1, 1]``; the batch norms' affine parameters are copied and their running
+  statistics, which describe the float network's activations, are reset.
 * ``teacher`` and friends: knowledge distillation, see :mod:`ebnn.distill`.
 """
 
@@ -45,6 +52,7 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "teacher": "", "teacher_model": "", "teacher_epochs": 0, "float_model": False,
     "label_smoothing": 0.0, "augment_rotate": 0.0, "augment_scale": 0.0,
     "augment_flip": False, "bn_freeze_epochs": 0, "activation_gradient": "ste",
+    "init_from": "",
 }
 
 
@@ -82,6 +90,9 @@ def check_recipe(cfg: TrainConfig) -> None:
     if cfg.activation_gradient != "ste" and cfg.float_model:
         raise ValueError("a float network has no sign to differentiate (--activation-gradient "
                          "with --float)")
+    if cfg.init_from and cfg.float_model:
+        raise ValueError("--init-from starts a binary network from another one's weights "
+                         "(not with --float)")
     if not 0 <= cfg.bn_freeze_epochs < cfg.epochs:
         raise ValueError(f"--bn-freeze-epochs must be in 0..epochs-1 ({cfg.epochs - 1}), got "
                          f"{cfg.bn_freeze_epochs}")
@@ -114,6 +125,38 @@ def freeze_batch_norm(model: nn.Module) -> None:
             m.eval()
 
 
+def load_init_source(spec: Any, path: str) -> Any:
+    """The checkpoint ``--init-from`` names, loaded; raises ``ValueError`` (one line) unless
+    its model has ``spec``'s blocks, input and classes."""
+    from .checkpoint import load_checkpoint
+
+    source = load_checkpoint(path)
+    want, got = spec.to_dict(), source.spec.to_dict()
+    if (want["input_shape"], want["classes"], want["blocks"]) != \
+            (got["input_shape"], got["classes"], got["blocks"]):
+        raise ValueError(f"--init-from {path}: its model ({source.spec.name}) has other "
+                         f"blocks, input or classes than {spec.name}")
+    return source
+
+
+@torch.no_grad()
+def initialise_from(model: nn.Module, path: str) -> None:
+    """Set ``model``'s weights from the checkpoint at ``path`` (see ``init_from`` in the
+    module docstring)."""
+    from .layers import is_latent
+
+    state = load_init_source(model.spec, path).model.state_dict()
+    for name, param in model.named_parameters():
+        value = state[name]
+        if is_latent(param):
+            top = value.abs().max()
+            value = value / top if top > 0 else value
+        param.copy_(value)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+
+
 def add_recipe_arguments(p: Any) -> None:
     """The distillation and recipe options of ``ebnn train`` and ``ebnn search``."""
     p.add_argument("--teacher", metavar="PATH|float", default="",
@@ -138,6 +181,9 @@ def add_recipe_arguments(p: Any) -> None:
                         "that look the same mirrored, e.g. clothing; not digits)")
     p.add_argument("--bn-freeze-epochs", type=int, default=0, metavar="N",
                    help="last N epochs with batch norm frozen at its running statistics")
+    p.add_argument("--init-from", metavar="PATH", default="",
+                   help="start from this checkpoint's weights (same model; e.g. its float "
+                        "twin trained with --float), each layer scaled into [-1, 1]")
     p.add_argument("--activation-gradient", choices=("ste", "approxsign"), default="ste",
                    help="backward of the activations' sign: the straight-through estimator "
                         "(default) or Bi-Real Net's approximation 2-2|x|")
@@ -151,4 +197,4 @@ def recipe_options(args: Any) -> dict[str, Any]:
             "label_smoothing": args.label_smoothing, "augment_rotate": args.augment_rotate,
             "augment_scale": args.augment_scale, "augment_flip": args.augment_flip,
             "bn_freeze_epochs": args.bn_freeze_epochs,
-            "activation_gradient": args.activation_gradient}
+            "activation_gradient": args.activation_gradient, "init_from": args.init_from}

@@ -61,7 +61,14 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Dataset, normalization
 from .distill import FLOAT_META, distillation_loss, float_twin, prepare_teacher, teacher_scores
 from .model import BNN, build_model
-from .recipe import RECIPE_DEFAULTS, augment, augmenting, check_recipe, freeze_batch_norm
+from .recipe import (
+    RECIPE_DEFAULTS,
+    augment,
+    augmenting,
+    check_recipe,
+    freeze_batch_norm,
+    initialise_from,
+)
 from .spec import ModelSpec
 from .stability import stability_penalty
 from .summary import summarize
@@ -92,8 +99,8 @@ class TrainConfig:
     ``distill_temperature`` configure knowledge distillation (:mod:`ebnn.distill`);
     ``float_model`` trains the float twin instead of the BNN (a teacher);
     ``label_smoothing``, ``augment_rotate``, ``augment_scale``, ``augment_flip`` and
-    ``bn_freeze_epochs`` and ``activation_gradient`` are the recipe options of
-    :mod:`ebnn.recipe`.
+    ``bn_freeze_epochs``, ``activation_gradient`` and ``init_from`` are the recipe
+    options of :mod:`ebnn.recipe`.
     """
 
     epochs: int = 30
@@ -127,6 +134,7 @@ class TrainConfig:
     augment_flip: bool = False
     bn_freeze_epochs: int = 0
     activation_gradient: str = "ste"
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -415,6 +423,8 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
         build_model(spec, offsets, scale)
     if not cfg.float_model:
         model.set_activation_gradient(cfg.activation_gradient)
+    if cfg.init_from:
+        initialise_from(model, cfg.init_from)
     if teacher is not None:
         teacher.to(device)
     if cfg.memory_efficient:
