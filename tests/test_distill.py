@@ -353,3 +353,7 @@ def test_init_from_a_float_twin_keeps_its_signs_within_the_clip_range(digits, tm
                                    "--out", str(tmp_path / "other.pt")])
     assert "has other blocks, input or classes than" in line
     assert not (tmp_path / "other.pt").exists()
+    line = cli_error_line(capsys, ["search", "--data", "digits", "--ram", "800", "--flash",
+                                   "20KB", "--trials", "1", "--init-from",
+                                   str(tmp_path / "twin.pt"), "--out", str(tmp_path / "s")])
+    assert line.endswith("a search trains many shapes")

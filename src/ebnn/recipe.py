@@ -45,6 +45,8 @@ from torch import nn
 from .data.transforms import random_affine, random_flip, random_shift
 
 if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
+    from .spec import ModelSpec
     from .train import TrainConfig
 
 #: The recipe fields and their "off" values; run_key() leaves these out when they are off.
@@ -125,7 +127,7 @@ def freeze_batch_norm(model: nn.Module) -> None:
             m.eval()
 
 
-def load_init_source(spec: Any, path: str) -> Any:
+def load_init_source(spec: ModelSpec, path: str) -> Checkpoint:
     """The checkpoint ``--init-from`` names, loaded; raises ``ValueError`` (one line) unless
     its model has ``spec``'s blocks, input and classes."""
     from .checkpoint import load_checkpoint

@@ -94,6 +94,9 @@ class SearchConfig:
             raise ValueError(f"--heartbeat must be at least 1 second, got {self.heartbeat}")
         if self.word_bits is not None and self.word_bits not in (8, 16, 32):
             raise ValueError(f"--word-bits must be 8, 16 or 32, got {self.word_bits}")
+        if self.recipe.get("init_from"):
+            raise ValueError("--init-from starts one model from another of the same shape; "
+                             "a search trains many shapes")
         self.budget()  # raises BudgetError for bad budgets
         self.train_config(self.epochs)  # raises ValueError for bad recipe options
         self.train_config(self.final_epochs)
