@@ -275,7 +275,7 @@ SCREEN = ["mcu-base-s0", "scr-mcu-kd-s0", "scr-mcu-kdbig-s0", "scr-mcu-kdT2-s0",
 #: block than mnist-2kb within 2 KB of RAM, mnist-2kb with mirrored images, and the
 #: 12-epoch recipe with Bi-Real's sign gradient on mnist-2kb and on a deeper shape.
 FASHION_SCREEN = ["f3-c32-c64k5-d128-s0", "f3-c32-c64-c64s-d128-s0", "fl-flip-s0",
-                  "fl-shift-flip-s0", "scr/f-as-s0", "scr/f-deepas-s0"]
+                  "fl-shift-flip-s0", "scr/f-as-s0", "scr/f-deepas-s0", "scr/f-float-s0"]
 FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
          "augment_shift": "--augment-shift", "augment_rotate": "--augment-rotate",
          "augment_scale": "--augment-scale", "augment_flip": "--augment-flip",
@@ -283,17 +283,19 @@ FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
          "bn_freeze_epochs": "--bn-freeze-epochs", "teacher": "--teacher",
          "teacher_model": "--teacher-model", "teacher_epochs": "--teacher-epochs",
          "distill_alpha": "--distill-alpha", "distill_temperature": "--distill-temperature",
-         "activation_gradient": "--activation-gradient",
+         "activation_gradient": "--activation-gradient", "init_from": "--init-from",
+         "float_model": "--float",
          "val_fraction": "--val-fraction", "seed": "--seed", "threads": "--threads"}
 #: The three-seed screen of the training itself (MNIST, 30 epochs): the earlier recipe
 #: (batch norm frozen for the last 5 epochs, alone and with distillation; ``fast-``: on
 #: mnist-fast), learning rate, batch size, Bi-Real's sign gradient alone and with other
-#: options, and two shapes. Checkpoints ``build/accuracy/scr/<stem>-s<seed>.pt``; a stem
-#: shows the seeds that finished (one stopped after a first seed clearly below the
-#: baseline shows one or two).
+#: options, two shapes, and two-stage training from the float twin (``float``: the twin
+#: itself, an upper reference; ``init``/``asinit``: binary networks started from it).
+#: Checkpoints ``build/accuracy/scr/<stem>-s<seed>.pt``; a stem shows the seeds that
+#: finished (one stopped after a first seed clearly below the baseline shows one or two).
 SEED_SCREEN = ["baseline", "bnf5", "bnf5kd", "lr3e-3", "lr5e-3", "lr3e-2", "lr1e-3", "bs32",
                "bs128", "as", "lr3as", "c32s", "asbnf", "ase45", "asall", "asdeep",
-               "fast-bnf5", "fast-bnf5kd"]
+               "fast-bnf5", "fast-bnf5kd", "float", "init", "asinit"]
 
 
 def _screen_run(path: Path, test: Any) -> dict[str, Any] | None:
@@ -301,10 +303,11 @@ def _screen_run(path: Path, test: Any) -> dict[str, Any] | None:
     command is ``ebnn train`` with the data options, ``--model M`` and these options."""
     from ebnn import engine
     from ebnn.checkpoint import load_checkpoint
+    from ebnn.distill import is_float
     from ebnn.fold import fold
     from ebnn.search.space import describe
     from ebnn.spec import PRESETS
-    from ebnn.train import TrainConfig
+    from ebnn.train import TrainConfig, evaluate
 
     if not path.exists():
         return None
@@ -319,8 +322,11 @@ def _screen_run(path: Path, test: Any) -> dict[str, Any] | None:
     opts = [flag if cfg[k] is True else f"{flag} {cfg[k]}" for k, flag in FLAGS.items()
             if k in cfg and cfg[k] != getattr(default, k) and k not in ("threads", "seed")
             and not (teacher_off and k.startswith("distill"))]
-    return {"model": f"`{model}`", "options": " ".join(opts),
-            "accuracy": float(engine.accuracy(fold(ck.model), test.x, test.y))}
+    if is_float(ck.model):  # a float twin: PyTorch's accuracy (it has no integer model)
+        acc = evaluate(ck.model, test)["accuracy"]
+    else:
+        acc = engine.accuracy(fold(ck.model), test.x, test.y)
+    return {"model": f"`{model}`", "options": " ".join(opts), "accuracy": float(acc)}
 
 
 def screen_table(names: list[str] = SCREEN, goal: str = "mnist-fast") -> str:
