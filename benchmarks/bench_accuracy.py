@@ -272,10 +272,12 @@ SCREEN = ["mcu-base-s0", "scr-mcu-kd-s0", "scr-mcu-kdbig-s0", "scr-mcu-kdT2-s0",
           "s2-c32-c64-c64s-d128-s0", "s2-c32-c32-d128-d128-s0", "s2-wide-e60-s0",
           "s2-wide-all-s0"]
 #: The same for Fashion-MNIST (``--data fashion-mnist``): more capacity in the second
-#: block than mnist-2kb within 2 KB of RAM, mnist-2kb with mirrored images, and the
-#: 12-epoch recipe with Bi-Real's sign gradient on mnist-2kb and on a deeper shape.
+#: block than mnist-2kb within 2 KB of RAM, mnist-2kb with mirrored images, the 12-epoch
+#: recipe with Bi-Real's sign gradient on mnist-2kb and on a deeper shape, mnist-2kb's
+#: float twin, and the recipe started from that twin (two-stage training).
 FASHION_SCREEN = ["f3-c32-c64k5-d128-s0", "f3-c32-c64-c64s-d128-s0", "fl-flip-s0",
-                  "fl-shift-flip-s0", "scr/f-as-s0", "scr/f-deepas-s0", "scr/f-float-s0"]
+                  "fl-shift-flip-s0", "scr/f-as-s0", "scr/f-deepas-s0", "scr/f-float-s0",
+                  "scr/f-init-s0"]
 FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
          "augment_shift": "--augment-shift", "augment_rotate": "--augment-rotate",
          "augment_scale": "--augment-scale", "augment_flip": "--augment-flip",
