@@ -277,7 +277,7 @@ SCREEN = ["mcu-base-s0", "scr-mcu-kd-s0", "scr-mcu-kdbig-s0", "scr-mcu-kdT2-s0",
 #: float twin, and the recipe started from that twin (two-stage training).
 FASHION_SCREEN = ["f3-c32-c64k5-d128-s0", "f3-c32-c64-c64s-d128-s0", "fl-flip-s0",
                   "fl-shift-flip-s0", "scr/f-as-s0", "scr/f-deepas-s0", "scr/f-float-s0",
-                  "scr/f-init-s0"]
+                  "scr/f-init-s0", "scr/f-c80-s0"]
 FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
          "augment_shift": "--augment-shift", "augment_rotate": "--augment-rotate",
          "augment_scale": "--augment-scale", "augment_flip": "--augment-flip",
@@ -359,7 +359,9 @@ def seed_screen_table(stems: list[str] = SEED_SCREEN, goal: str = "mnist-2kb") -
         if not done:
             continue
         accs = [r["accuracy"] for r in done]
-        rows.append({"run": stem, "model": done[0]["model"], "options": done[0]["options"],
+        # per-seed inputs (the float twin a run starts from) are named by {seed}
+        options = done[0]["options"].replace("-s0.pt", "-s{seed}.pt")
+        rows.append({"run": stem, "model": done[0]["model"], "options": options,
                      "seeds": str(len(done)),
                      "test accuracy % (mean, min-max)":
                          f"{_pct(sum(accs) / len(accs))} ({_pct(min(accs))}-{_pct(max(accs))})",
