@@ -347,6 +347,13 @@ def test_init_from_a_float_twin_keeps_its_signs_within_the_clip_range(digits, tm
               tmp_path / "b.pt", progress=False)
     assert r.best_val_accuracy > 0.8
     assert load_checkpoint(tmp_path / "b.pt").meta["config"]["init_from"].endswith("twin.pt")
+    # a resumed run has its own weights: the starting checkpoint is no longer read
+    (tmp_path / "twin.pt").rename(tmp_path / "gone.pt")
+    again = train(spec, tr, va, TrainConfig(epochs=2, batch_size=32, threads=1,
+                                            init_from=str(tmp_path / "twin.pt")),
+                  tmp_path / "b.pt", progress=False)
+    assert again.best_val_accuracy == r.best_val_accuracy
+    (tmp_path / "gone.pt").rename(tmp_path / "twin.pt")
 
     line = cli_error_line(capsys, ["train", "--data", "digits", "--model", "digits",
                                    "--epochs", "1", "--init-from", str(tmp_path / "twin.pt"),

@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, ctx: Any) -> int:
     from .data import SOURCES, load_dataset, train_val_split
     from .spec import load_spec
-    from .train import TrainConfig, evaluate, train
+    from .train import TrainConfig, evaluate, last_path, train
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          lr_decay=args.lr_decay, loss=args.loss, seed=args.seed,
@@ -103,7 +103,7 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
         train_ds, val_ds = train_val_split(ds, config.val_fraction, config.seed)
     else:
         train_ds, val_ds = ds, None
-    if config.init_from:  # checked before the run starts
+    if config.init_from and not last_path(args.out).exists():  # checked before the run starts
         from .recipe import load_init_source
 
         load_init_source(spec, config.init_from)

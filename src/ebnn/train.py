@@ -423,7 +423,7 @@ def train(spec: ModelSpec, train_ds: Dataset, val_ds: Dataset | None, config: Tr
         build_model(spec, offsets, scale)
     if not cfg.float_model:
         model.set_activation_gradient(cfg.activation_gradient)
-    if cfg.init_from:
+    if cfg.init_from and not last.exists():  # a resumed run has its own weights
         initialise_from(model, cfg.init_from)
     if teacher is not None:
         teacher.to(device)
