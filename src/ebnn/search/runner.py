@@ -93,6 +93,7 @@ if TYPE_CHECKING:
     from ..deploy import IntegerModel
     from ..spec import ModelSpec
 
+
 @dataclass
 class SearchResult:
     """What :func:`search` produced. Rows are :func:`~ebnn.search.report.trial_row` dicts."""
@@ -326,17 +327,13 @@ class Worker:
         from ..data import normalization
         from ..fold import fold
         from ..model import build_model
+        from ..train import recalibrate_batch_norm
 
-        x = np.asarray(self.train_ds.x[:256])
         torch.manual_seed(self.cfg.seed)
         model = build_model(spec, *normalization(np.asarray(self.train_ds.x)))
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.momentum = None  # a plain average over the calibration batches
-        model.train()
-        with torch.no_grad():
-            for i in range(0, len(x), 64):
-                model(torch.as_tensor(x[i:i + 64]))
+        with torch.no_grad():  # a plain average over 4 batches of 64 training images
+            recalibrate_batch_norm(model, torch.as_tensor(np.asarray(self.train_ds.x[:256])),
+                                   batch_size=64)
         return fold(model.eval())
 
     def _trained_with(self, key: str, number: int) -> Any | None:
