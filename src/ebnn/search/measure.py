@@ -72,20 +72,19 @@ def build_for_target(model: IntegerModel, word_bits: int, target: str, workdir: 
     A program that overflows the chip (the tables' estimate can fit the flash budget while
     tables, code and start-up do not fit the chip) is still measured; ``unfit`` then says
     by how much and no input is run."""
-    from ..mcu import build_model_for_target, run_on_target
+    from ..mcu import AVR_MAX_OBJECT, build_model_for_target, run_on_target
 
     tgt = get_target(target)
-    try:
-        tb = build_model_for_target(model, tgt, workdir, word_bits=word_bits,
-                                    early_exit=False, name=name)
-    except ValueError as e:  # AVR tables beyond one object: over the chip, unmeasured
-        plan = device_plan(model, word_bits, tgt.name)
+    plan = device_plan(model, word_bits, tgt.name)
+    if tgt.arch == "avr" and plan.flash_bytes > AVR_MAX_OBJECT:  # avr-gcc cannot build it
         out = TargetMeasure(tgt.name, footprint_from_plan(plan, 0, tgt.name), 0, tgt.unit)
-        out.unfit = str(e)
+        out.unfit = (f"does not fit the {tgt.chip}: its tables alone take "
+                     f"{plan.flash_bytes} bytes of flash")
         return out
+    tb = build_model_for_target(model, tgt, workdir, word_bits=word_bits, early_exit=False,
+                                name=name)
     assert tb.footprint is not None and tb.flash_bytes is not None
-    fp = footprint_from_plan(device_plan(model, word_bits, tgt.name), 0, tgt.name,
-                             flash=tb.flash_bytes)
+    fp = footprint_from_plan(plan, 0, tgt.name, flash=tb.flash_bytes)
     out = TargetMeasure(tgt.name, fp, tb.static_ram_bytes or 0, tgt.unit)
     if tb.app is None:
         out.unfit = "; ".join(tb.checks()["fits_chip"])
