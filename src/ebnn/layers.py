@@ -46,11 +46,17 @@ class _SignSTE(torch.autograd.Function):
         return grad * (x.abs() <= 1).to(grad.dtype)
 
 
+def approxsign_derivative(x: Tensor) -> Tensor:
+    """Bi-Real Net's stand-in for the derivative of sign at ``x``: ``2 - 2|x|`` on
+    ``|x| <= 1``, 0 elsewhere (also what :mod:`ebnn.memeff`'s compact backward uses)."""
+    return (2.0 - 2.0 * x.abs()).clamp_(min=0.0)
+
+
 class _SignApprox(_SignSTE):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
-        return grad * (2.0 - 2.0 * x.abs()).clamp_(min=0.0)
+        return grad * approxsign_derivative(x)
 
 
 #: Backward rules of the activation sign (see the module docstring).
@@ -137,7 +143,23 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-class ConvBlock(nn.Module):
+class _SignOutput(nn.Module):
+    """A block whose output is the sign of its pre-activation (conv and dense blocks)."""
+
+    activation_gradient = "ste"  # the backward of the output sign (ACTIVATION_GRADIENTS)
+
+    def preactivation(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def binarize(self, pre: Tensor) -> Tensor:
+        """The block's output bits (±1) from its pre-activation."""
+        return sign(pre, self.activation_gradient)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.binarize(self.preactivation(x))
+
+
+class ConvBlock(_SignOutput):
     """eBNN block: binary conv → max-pool (if ``pool > 1``) → batch norm → sign.
 
     ``kernel``, ``padding`` and ``pool`` are an integer (square) or ``(h, w)``; a pool
@@ -152,25 +174,16 @@ class ConvBlock(nn.Module):
         self.pool = nn.MaxPool2d(_square(pool)) if pool != (1, 1) else nn.Identity()
         self.bn = nn.BatchNorm2d(filters)
 
-    activation_gradient = "ste"  # the backward of the output sign (ACTIVATION_GRADIENTS)
-
     def preactivation(self, x: Tensor) -> Tensor:
         """Batch-norm output before the sign; its sign is the block's output bit."""
         return self.bn(self.pool(self.conv(x)))
-
-    def binarize(self, pre: Tensor) -> Tensor:
-        """The block's output bits (±1) from its pre-activation."""
-        return sign(pre, self.activation_gradient)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.binarize(self.preactivation(x))
 
 
 def _square(v: tuple[int, int]) -> int | tuple[int, int]:
     return v[0] if v[0] == v[1] else v
 
 
-class DenseBlock(nn.Module):
+class DenseBlock(_SignOutput):
     """Binary linear → batch norm → sign (flattens its input)."""
 
     def __init__(self, in_features: int, units: int) -> None:
@@ -178,16 +191,8 @@ class DenseBlock(nn.Module):
         self.linear = BinaryLinear(in_features, units)
         self.bn = nn.BatchNorm1d(units)
 
-    activation_gradient = "ste"
-
     def preactivation(self, x: Tensor) -> Tensor:
         return self.bn(self.linear(x.flatten(1)))
-
-    def binarize(self, pre: Tensor) -> Tensor:
-        return sign(pre, self.activation_gradient)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.binarize(self.preactivation(x))
 
 
 class OutputBlock(nn.Module):

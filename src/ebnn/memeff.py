@@ -81,7 +81,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from . import distributed as _ddp
-from .layers import ConvBlock, DenseBlock, OutputBlock
+from .layers import ConvBlock, DenseBlock, OutputBlock, approxsign_derivative
 from .model import BNN
 
 __all__ = [
@@ -371,9 +371,9 @@ class _FusedBlock(torch.autograd.Function):
             # Sign STE: pass the gradient where |y| <= 1, as layers._SignSTE does (which
             # multiplies by the 0/1 mask; only the sign of zeros can differ).
             g = grad[i:j]
-            if ctx.approx:  # layers._SignApprox: 2 - 2|y| from the recomputed BN output
-                return g * (2.0 - 2.0 * _bn_output(pooled[i:j], mean, invstd, gamma,
-                                                   beta).abs()).clamp_(min=0.0)
+            if ctx.approx:  # layers._SignApprox, from the recomputed batch-norm output
+                return g * approxsign_derivative(_bn_output(pooled[i:j], mean, invstd, gamma,
+                                                            beta))
             return g if mask is None else torch.where(unpack_bits(mask[i:j], g.shape), g, 0.0)
 
         # Recompute the batch-norm input from the kept input (and the pooling arg-max).
