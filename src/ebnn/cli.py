@@ -57,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, ctx: Any) -> int:
-    from .data import SOURCES, load_dataset, train_val_split
+    from .data import SOURCES, load_dataset, series_options, train_val_split
     from .spec import load_spec
     from .train import TrainConfig, evaluate, last_path, train
 
@@ -72,7 +72,7 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
     world = ctx.world_size if ctx else 1
     main = ctx is None or ctx.is_main
     say = _err if main else (lambda _msg: None)  # one process speaks for a distributed run
-    options = _data_options(args)
+    options = series_options(args)
     ds = load_dataset(args.data, "train", args.data_dir, **options)
     # The test data is read before training so that a mismatch stops the run at once.
     test = None
@@ -137,7 +137,7 @@ def _is_model_file(path: str | Path) -> bool:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Accuracy of a checkpoint (PyTorch) or a deployable model (integer engine or C)."""
-    from .data import FeatureQuantizer, load_dataset
+    from .data import FeatureQuantizer, load_dataset, series_options
 
     deployable = _is_model_file(args.checkpoint)
     engine = args.engine or ("fast" if deployable else "torch")
@@ -160,7 +160,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         names = imodel.class_names
     ds = load_dataset(args.data, args.split, args.data_dir,
                       quantizer=FeatureQuantizer.from_dict(quantizer) if quantizer else None,
-                      class_names=names, **_data_options(args))
+                      class_names=names, **series_options(args))
     if engine == "torch":
         check_data(spec, ds, f"{args.data} {args.split}")
         start = time.perf_counter()
@@ -297,12 +297,13 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from .data import series_options
     from .fold import load_integer_model
     from .mcu import bench_inputs, bench_on_target, build_options, format_report
 
     model = load_integer_model(args.model)
     x, y = bench_inputs(model, args.data, args.data_dir, args.split, args.images or None,
-                        **_data_options(args))
+                        **series_options(args))
     report = bench_on_target(model, args.target, x, y, out_dir=args.out, jobs=args.jobs,
                              log=None if args.json else _err, **build_options(args))
     if args.json:
@@ -321,13 +322,6 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     from .data import add_series_arguments
 
     add_series_arguments(p)
-
-
-def _data_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The time-series options of ``_add_data_args`` as ``load_dataset`` keywords."""
-    from .data import series_options
-
-    return series_options(args)
 
 
 def _add_early_exit_data(p: argparse.ArgumentParser) -> None:

@@ -98,7 +98,7 @@ class TrainConfig:
     checkpoint path), ``teacher_model``, ``teacher_epochs``, ``distill_alpha`` and
     ``distill_temperature`` configure knowledge distillation (:mod:`ebnn.distill`);
     ``float_model`` trains the float twin instead of the BNN (a teacher);
-    ``label_smoothing``, ``augment_rotate``, ``augment_scale``, ``augment_flip`` and
+    ``label_smoothing``, ``augment_rotate``, ``augment_scale``, ``augment_flip``,
     ``bn_freeze_epochs``, ``activation_gradient`` and ``init_from`` are the recipe
     options of :mod:`ebnn.recipe`.
     """
